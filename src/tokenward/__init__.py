@@ -1,0 +1,1 @@
+"""tokenward: keeps API credentials alive."""
