@@ -1,0 +1,164 @@
+"""Exceptions raised by tokenward.
+
+Every message names the credential (and the file, field or provider answer involved) and says
+how to fix the problem. No message ever contains a secret: tokens are named by fingerprint.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CredentialNotSeeded",
+    "LeaseTimeout",
+    "MalformedTokenResponse",
+    "ReauthorizationRequired",
+    "RefreshFailed",
+    "RequestRejected",
+    "StoreCorrupted",
+    "StoreError",
+    "TokenwardError",
+    "TransientError",
+]
+
+
+class TokenwardError(Exception):
+    """Base class of every tokenward error."""
+
+
+class ReauthorizationRequired(TokenwardError):
+    """The provider refused the grant for good (`invalid_grant`, `invalid_client`, ...).
+
+    A person must log in again (or the credential must be re-seeded). `answer_lost` is True when
+    the refusal followed a refresh whose answer never arrived: the provider probably rotated the
+    refresh token and the new one was lost in transit, the user did not revoke anything.
+    """
+
+    def __init__(
+        self,
+        credential: str,
+        error: str,
+        description: str | None = None,
+        *,
+        answer_lost: bool = False,
+    ) -> None:
+        self.credential = credential
+        self.error = error
+        self.description = description
+        self.answer_lost = answer_lost
+        if answer_lost:
+            cause = (
+                "the answer to a refresh was lost in transit (the provider probably rotated the "
+                "refresh token), and the retry with the previous refresh token was refused"
+            )
+        else:
+            cause = "the provider refused the grant"
+        detail = f" ({description})" if description else ""
+        super().__init__(
+            f"credential {credential!r}: re-authorization required: {cause}: {error}{detail}. "
+            f"Log in again (`tokenward login {credential}`) or seed a new refresh token."
+        )
+
+
+class RefreshFailed(TokenwardError):
+    """A refresh could not complete within its deadline because the provider was unreachable
+    or kept answering with transient errors (timeouts, 429, 5xx)."""
+
+    def __init__(self, credential: str, detail: str, attempts: int) -> None:
+        self.credential = credential
+        self.detail = detail
+        self.attempts = attempts
+        super().__init__(
+            f"credential {credential!r}: refresh failed after {attempts} attempt(s): {detail}. "
+            "The provider is unreachable or overloaded; tokenward will try again on the next call."
+        )
+
+
+class TransientError(TokenwardError):
+    """One attempt at the token endpoint failed in a way worth retrying.
+
+    `sent` is True when the request may have reached the provider (a read timeout or a reset
+    after sending): for a rotating refresh token, the provider may then have rotated it.
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        sent: bool = False,
+        status: int | None = None,
+    ) -> None:
+        self.detail = detail
+        self.retry_after = retry_after
+        self.sent = sent
+        self.status = status
+        super().__init__(detail)
+
+
+class MalformedTokenResponse(TokenwardError):
+    """The token endpoint answered with something that is not a usable token response."""
+
+    def __init__(self, credential: str, field: str, detail: str) -> None:
+        self.credential = credential
+        self.field = field
+        self.detail = detail
+        super().__init__(
+            f"credential {credential!r}: malformed token response: {field}: {detail}. "
+            "Check the token URL and the credential's response settings (token/expiry paths)."
+        )
+
+
+class RequestRejected(TokenwardError):
+    """The token endpoint rejected the request itself (`invalid_request`, `invalid_scope`,
+    `unsupported_grant_type`, an unexpected 4xx): a configuration problem, not worth retrying."""
+
+    def __init__(
+        self, credential: str, status: int, error: str, description: str | None = None
+    ) -> None:
+        self.credential = credential
+        self.status = status
+        self.error = error
+        self.description = description
+        detail = f" ({description})" if description else ""
+        super().__init__(
+            f"credential {credential!r}: the token endpoint rejected the request with HTTP "
+            f"{status} {error}{detail}. Check the credential's token URL, scope and parameters."
+        )
+
+
+class CredentialNotSeeded(TokenwardError):
+    """A refresh-token credential has no record in the store yet: nobody logged in."""
+
+    def __init__(self, credential: str) -> None:
+        self.credential = credential
+        super().__init__(
+            f"credential {credential!r} has no refresh token in the store. Log in first "
+            f"(`tokenward login {credential}`) or seed it with `TokenManager.seed()`."
+        )
+
+
+class LeaseTimeout(TokenwardError):
+    """Another process held the refresh lease for longer than we were willing to wait."""
+
+    def __init__(self, credential: str, waited: float) -> None:
+        self.credential = credential
+        super().__init__(
+            f"credential {credential!r}: waited {waited:.1f}s for another process to finish "
+            "refreshing; it neither finished nor released its lease. It will expire on its own; "
+            "retry, or raise the lease wait."
+        )
+
+
+class StoreError(TokenwardError):
+    """A store could not be read or written."""
+
+
+class StoreCorrupted(StoreError):
+    """A store's file or database is not readable as a store. Nothing is reset silently."""
+
+    def __init__(self, location: str, detail: str) -> None:
+        self.location = location
+        self.detail = detail
+        super().__init__(
+            f"token store {location} is corrupt: {detail}. It was left untouched; restore it "
+            "from a backup or move it aside and log in again."
+        )

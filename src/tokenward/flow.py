@@ -1,0 +1,377 @@
+"""The refresh protocol for one credential, written once as a sans-I/O generator.
+
+`refresh_flow` decides everything: when to adopt a token another process stored, when to take
+the store lease, how to retry, what a refusal means, and what to persist. It does no I/O: it
+yields small operations (`Load`, `Save`, `Acquire`, `Http`, `Sleep`, ...) and receives their
+results. Two thin drivers, `run` (threads) and `run_async` (asyncio), carry the operations out,
+so sync and async callers share one implementation, in the spirit of httpx's `Auth.auth_flow`.
+
+See DESIGN.md, "Refresh protocol for one credential", and invariants 1, 2, 5 and 6.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx2
+
+from . import events
+from .errors import (
+    CredentialNotSeeded,
+    LeaseTimeout,
+    MalformedTokenResponse,
+    ReauthorizationRequired,
+    RefreshFailed,
+    TransientError,
+)
+from .retry import RetryPolicy
+from .sources.base import HttpSource, Source
+from .sources.function import FunctionSource
+from .stores.base import Record, Store
+from .token import Token
+from .transport import HttpRequest, send, send_async
+
+__all__ = ["FlowContext", "refresh_flow", "run", "run_async"]
+
+
+# -- operations ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Load:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Save:
+    record: Record
+    expected_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    key: str
+    owner: str
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class Renew:
+    key: str
+    owner: str
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    key: str
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Http:
+    request: HttpRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    source: FunctionSource
+    current: Token | None
+
+
+Op = Load | Save | Acquire | Renew | Release | Sleep | Http | Invoke
+Flow = Generator[Op, Any, Token]
+
+
+@dataclass(frozen=True)
+class FlowContext:
+    """Everything the protocol needs to know about one credential."""
+
+    key: str
+    source: Source
+    store: Store
+    owner: str
+    #: True when a token can be served without refreshing (beyond its refresh window).
+    fresh: Callable[[Token], bool]
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    lease_ttl: float = 30.0
+    #: How long to wait for another process's refresh before giving up.
+    lease_wait: float = 60.0
+
+
+# -- the protocol -------------------------------------------------------------------------------
+def refresh_flow(ctx: FlowContext, seen: Token | None, force: bool = False) -> Flow:
+    """Obtain a token newer than `seen` (the caller's current token, or None).
+
+    `force` (after the provider rejected `seen`): even a not-yet-expired record of the same
+    version is not good enough.
+    """
+    events.emit("token.requested", ctx.key, version=seen.version if seen else None, force=force)
+    rec = yield Load(ctx.key)
+    if (token := _adoptable(ctx, rec, seen)) is not None:
+        return token
+    if (token := (yield from _take_lease(ctx, seen))) is not None:
+        return token
+    try:
+        rec = yield Load(ctx.key)  # reload under the lease: someone may have just refreshed
+        if (token := _adoptable(ctx, rec, seen)) is not None:
+            return token
+        if ctx.source.needs_record and (rec is None or not rec.refresh_token):
+            raise CredentialNotSeeded(ctx.key)
+        return (yield from _refresh(ctx, rec))
+    finally:
+        yield Release(ctx.key, ctx.owner)
+
+
+def _adoptable(ctx: FlowContext, rec: Record | None, seen: Token | None) -> Token | None:
+    """The stored token, if it is newer than `seen` and fresh; raises if re-auth is pending."""
+    token = rec.token() if rec else None
+    if (
+        token is not None
+        and (
+            seen is None
+            or (token.version > seen.version and token.access_token != seen.access_token)
+        )
+        and ctx.fresh(token)
+    ):
+        if seen is not None:
+            events.emit(
+                "token.adopted", ctx.key, fingerprint=token.fingerprint, version=token.version
+            )
+        return token
+    if rec is not None and rec.state == "needs_reauth" and ctx.source.needs_record:
+        # Invariant 5/6: never present a refused refresh token again; wait for a re-seed.
+        raise ReauthorizationRequired(ctx.key, "needs_reauth", rec.last_error)
+    return None
+
+
+def _take_lease(ctx: FlowContext, seen: Token | None) -> Generator[Op, Any, Token | None]:
+    """Acquire the lease (returns None), or adopt what its holder stored meanwhile."""
+    started = time.monotonic()
+    pause = 0.01
+    while not (yield Acquire(ctx.key, ctx.owner, ctx.lease_ttl)):
+        rec = yield Load(ctx.key)
+        if (token := _adoptable(ctx, rec, seen)) is not None:
+            return token
+        waited = time.monotonic() - started
+        if waited > ctx.lease_wait:
+            raise LeaseTimeout(ctx.key, waited)
+        yield Sleep(pause)
+        pause = min(pause * 2, 0.2)
+    return None
+
+
+def _fetch(ctx: FlowContext, rec: Record | None) -> Generator[Op, Any, Token]:
+    """One attempt at the source."""
+    source = ctx.source
+    if isinstance(source, HttpSource):
+        response = yield Http(source.build_request(rec))
+        return source.parse_response(response, ctx.key)
+    if isinstance(source, FunctionSource):
+        value = yield Invoke(source, rec.token() if rec else None)
+        return source.parse_result(value, ctx.key)
+    raise TypeError(f"unsupported source {source!r}")
+
+
+def _refresh(ctx: FlowContext, rec: Record | None) -> Flow:
+    """Call the source with retries, then persist. Runs under the lease."""
+    started = time.monotonic()
+    retries = 0
+    lost = False  # an earlier attempt's answer never arrived
+    while True:
+        if not (yield Renew(ctx.key, ctx.owner, ctx.lease_ttl)) and not (
+            yield Acquire(ctx.key, ctx.owner, ctx.lease_ttl)
+        ):
+            raise LeaseTimeout(ctx.key, time.monotonic() - started)
+        try:
+            grant = yield from _fetch(ctx, rec)
+        except TransientError as exc:
+            if exc.sent and ctx.source.rotating and not lost:
+                # The provider may have rotated the refresh token and we never saw the new one.
+                # Retry once, at once, with the same one: providers with a grace period accept it.
+                lost = True
+                events.emit("refresh.answer_lost", ctx.key, detail=exc.detail)
+                continue
+            retries += 1
+            delay = ctx.retry.delay(retries, time.monotonic() - started, exc.retry_after)
+            events.emit(
+                "refresh.failed",
+                ctx.key,
+                kind="transient",
+                detail=exc.detail,
+                attempt=retries,
+                retry_in=None if delay is None else round(delay, 3),
+            )
+            if delay is None:
+                raise RefreshFailed(ctx.key, exc.detail, retries) from None
+            yield Sleep(delay)
+            continue
+        except ReauthorizationRequired as exc:
+            return (yield from _refused(ctx, rec, exc, lost))
+        except MalformedTokenResponse as exc:
+            events.emit("refresh.failed", ctx.key, kind="malformed", detail=exc.field)
+            raise
+        return (yield from _commit(ctx, rec, grant, started))
+
+
+def _refused(
+    ctx: FlowContext, rec: Record | None, exc: ReauthorizationRequired, lost: bool
+) -> Flow:
+    """A permanent refusal. Invariant 5: first check whether another process rotated the token
+    (then our refresh token was simply stale); otherwise persist `needs_reauth` and raise."""
+    latest: Record | None = yield Load(ctx.key)
+    current = rec.version if rec else 0
+    if latest is not None and latest.version > current and latest.state == "ok":
+        token = latest.token()
+        if token is not None and ctx.fresh(token):
+            events.emit(
+                "token.adopted", ctx.key, fingerprint=token.fingerprint, version=token.version
+            )
+            return token
+    error = ReauthorizationRequired(ctx.key, exc.error, exc.description, answer_lost=lost)
+    base = latest or Record(ctx.key)
+    yield Save(base.successor(state="needs_reauth", last_error=str(error)), base.version)
+    events.emit("refresh.failed", ctx.key, kind="permanent", error=exc.error, answer_lost=lost)
+    events.emit("reauth.required", ctx.key, error=exc.error, answer_lost=lost)
+    raise error from None
+
+
+def _commit(ctx: FlowContext, rec: Record | None, grant: Token, started: float) -> Flow:
+    """Invariant 2: the new record (with any rotated refresh token) is durably stored before
+    the token is handed to anyone. A compare-and-set conflict (our lease expired while the
+    provider was slow) must not lose the freshly issued refresh token: write on top."""
+    base = rec or Record(ctx.key)
+    new = base.successor(
+        access_token=grant.access_token,
+        token_type=grant.token_type,
+        expires_at=grant.expires_at,
+        refresh_token=grant.refresh_token or base.refresh_token,
+        scope=grant.scope or base.scope,
+        obtained_at=grant.obtained_at,
+        extra=dict(grant.extra),
+        state="ok",
+        last_error=None,
+        refresh_count=base.refresh_count + 1,
+    )
+    expected = base.version
+    while not (yield Save(new, expected)):
+        latest: Record | None = yield Load(ctx.key)
+        expected = latest.version if latest else 0
+        events.emit("store.conflict", ctx.key, version=expected)
+        new = replace(new, version=expected + 1)
+    token = new.token()
+    assert token is not None
+    event = "token.refreshed" if base.access_token else "token.obtained"
+    events.emit(
+        event,
+        ctx.key,
+        fingerprint=token.fingerprint,
+        version=token.version,
+        expires_in=None if token.lifetime is None else round(token.lifetime, 3),
+        duration_ms=round((time.monotonic() - started) * 1000, 1),
+    )
+    return token
+
+
+# -- drivers ------------------------------------------------------------------------------------
+def _call_async_function(source: FunctionSource, current: Token | None) -> Any:
+    """Run an async token function from sync code (in a helper thread if a loop is running)."""
+
+    async def call() -> Any:
+        return await source.fn(current)  # type: ignore[misc]
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(call())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, call()).result()
+
+
+def _execute(op: Op, store: Store, client: httpx2.Client) -> Any:
+    match op:
+        case Load(key):
+            return store.load(key)
+        case Save(record, expected):
+            return store.compare_and_set(record, expected)
+        case Acquire(key, owner, ttl):
+            return store.acquire_lease(key, owner, ttl)
+        case Renew(key, owner, ttl):
+            return store.renew_lease(key, owner, ttl)
+        case Release(key, owner):
+            return store.release_lease(key, owner)
+        case Sleep(seconds):
+            time.sleep(seconds)
+            return None
+        case Http(request):
+            return send(client, request)
+        case Invoke(source, current):
+            if source.is_async:
+                return _call_async_function(source, current)
+            return source.fn(current)
+    raise TypeError(f"unknown operation {op!r}")
+
+
+async def _aexecute(op: Op, store: Store, client: httpx2.AsyncClient) -> Any:
+    match op:
+        case Load(key):
+            return await store.aload(key)
+        case Save(record, expected):
+            return await store.acompare_and_set(record, expected)
+        case Acquire(key, owner, ttl):
+            return await store.aacquire_lease(key, owner, ttl)
+        case Renew(key, owner, ttl):
+            return await store.arenew_lease(key, owner, ttl)
+        case Release(key, owner):
+            return await store.arelease_lease(key, owner)
+        case Sleep(seconds):
+            await asyncio.sleep(seconds)
+            return None
+        case Http(request):
+            return await send_async(client, request)
+        case Invoke(source, current):
+            if source.is_async:
+                return await source.fn(current)  # type: ignore[misc]
+            return await asyncio.to_thread(source.fn, current)
+    raise TypeError(f"unknown operation {op!r}")
+
+
+def run(flow: Flow, store: Store, client: httpx2.Client) -> Token:
+    """Drive `flow` with blocking I/O. Failures of an operation are thrown into the flow (so
+    its `finally` releases the lease) and surface from here if the flow does not handle them."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.throw(error) if error is not None else flow.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        value, error = None, None
+        try:
+            value = _execute(op, store, client)
+        except BaseException as exc:  # handed to the flow, which re-raises
+            error = exc
+
+
+async def run_async(flow: Flow, store: Store, client: httpx2.AsyncClient) -> Token:
+    """Drive `flow` with asyncio; the same contract as `run`."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.throw(error) if error is not None else flow.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        value, error = None, None
+        try:
+            value = await _aexecute(op, store, client)
+        except BaseException as exc:  # handed to the flow, which re-raises
+            error = exc

@@ -1,0 +1,163 @@
+"""What a source is, and how token endpoint answers are classified.
+
+A source knows how to obtain a token; it never does I/O itself. An `HttpSource` builds an
+`HttpRequest` from the credential's current record and parses the `HttpResponse`; a
+`FunctionSource` wraps user code. The refresh flow (`tokenward.flow`) runs them through a sync
+or an async driver, so both kinds of callers share one implementation.
+
+Every answer falls into one of four classes: a token; a permanent refusal
+(`ReauthorizationRequired`); a transient failure worth retrying (`TransientError`); or a malformed
+answer (`MalformedTokenResponse`) naming the field at fault.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+from ..errors import (
+    MalformedTokenResponse,
+    ReauthorizationRequired,
+    RequestRejected,
+    TransientError,
+)
+from ..stores.base import Record
+from ..token import Token
+from ..transport import HttpRequest, HttpResponse
+
+__all__ = [
+    "MAX_EXPIRES_IN",
+    "PERMANENT_ERRORS",
+    "HttpSource",
+    "Source",
+    "check_expires_in",
+    "json_body",
+    "parse_retry_after",
+    "raise_for_error",
+]
+
+#: OAuth2 error codes after which retrying the same grant is pointless and harmful.
+PERMANENT_ERRORS = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+
+#: Longest `expires_in` we believe (10 years); beyond that the provider sent nonsense.
+MAX_EXPIRES_IN = 10 * 365 * 24 * 3600.0
+
+
+class Source:
+    """Obtains tokens for one credential.
+
+    `needs_record`: the source can only work from a stored record (a refresh token); without
+    one the credential must be seeded first. `rotating`: a successful call may invalidate the
+    stored secret (single-use refresh tokens), which makes lost answers dangerous.
+    """
+
+    needs_record: bool = False
+    rotating: bool = False
+
+    def describe(self) -> str:
+        """A secret-free one-line description for status displays."""
+        return type(self).__name__
+
+
+class HttpSource(Source, ABC):
+    """A source that talks to a token endpoint over HTTP (sans-I/O)."""
+
+    @abstractmethod
+    def build_request(self, record: Record | None) -> HttpRequest:
+        """The request that obtains a new token, given the current record (maybe None)."""
+
+    @abstractmethod
+    def parse_response(self, response: HttpResponse, credential: str) -> Token:
+        """The token in `response`, or a classified error."""
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def _describe_body(response: HttpResponse) -> str:
+    """What a non-JSON body looks like, without quoting it (it could echo a secret)."""
+    kind = response.content_type or "no content type"
+    head = response.body.lstrip()[:15].lower()
+    if head.startswith((b"<!doctype", b"<html")) or kind == "text/html":
+        what = "an HTML page"
+    elif not response.body:
+        what = "an empty body"
+    else:
+        what = "a body that is not JSON"
+    return f"{what} ({kind}, {len(response.body)} bytes)"
+
+
+def json_body(response: HttpResponse, credential: str) -> Any:
+    """The decoded JSON body, or `MalformedTokenResponse` describing what came instead."""
+    try:
+        return json.loads(response.body)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedTokenResponse(
+            credential, "body", f"HTTP {response.status} with {_describe_body(response)}"
+        ) from None
+
+
+def raise_for_error(response: HttpResponse, credential: str) -> None:
+    """Classify a non-2xx answer (and 2xx answers carrying an OAuth `error`)."""
+    status = response.status
+    if status in (408, 425, 429) or status >= 500:
+        raise TransientError(
+            f"HTTP {status} from the token endpoint",
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            status=status,
+        )
+    try:
+        payload = json.loads(response.body)
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if status < 400 and not isinstance(error, str):
+        return
+    description = payload.get("error_description") if isinstance(payload, dict) else None
+    description = description if isinstance(description, str) else None
+    if isinstance(error, str) and error in PERMANENT_ERRORS:
+        raise ReauthorizationRequired(credential, error, description)
+    if status in (401, 403):
+        raise ReauthorizationRequired(credential, error or f"http_{status}", description)
+    code = error if isinstance(error, str) else "an unexpected answer"
+    if payload is None:
+        code = _describe_body(response)
+    raise RequestRejected(credential, status, code, description)
+
+
+def check_expires_in(value: Any, credential: str, field: str = "expires_in") -> float | None:
+    """A sane lifetime in seconds from a provider's `expires_in` (number or numeric string)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise MalformedTokenResponse(credential, field, "not a number") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        got = type(value).__name__
+        raise MalformedTokenResponse(credential, field, f"expected a number, got {got}")
+    if value < 0:
+        raise MalformedTokenResponse(credential, field, f"negative lifetime ({value})")
+    if value > MAX_EXPIRES_IN:
+        raise MalformedTokenResponse(credential, field, f"absurd lifetime ({value} seconds)")
+    return float(value)

@@ -1,0 +1,67 @@
+"""A source backed by user code: any sync or async callable that returns a token.
+
+Useful for providers with exotic flows (signed JWT assertions, vendor SDK logins). The callable
+receives the current `Token` (or None) and returns a `Token`, a token string, or a mapping shaped
+like an OAuth2 token response (`access_token`, `expires_in`, `refresh_token`, ...).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from ..errors import MalformedTokenResponse
+from ..token import Token
+from .base import Source, check_expires_in
+
+__all__ = ["FunctionSource", "TokenFunction"]
+
+TokenFunction = Callable[[Token | None], Token | str | Mapping[str, Any] | Awaitable[Any]]
+
+
+class FunctionSource(Source):
+    """Wraps `fn(current_token) -> Token | str | dict` (or an `async def` doing the same)."""
+
+    def __init__(self, fn: TokenFunction, *, rotating: bool = False) -> None:
+        self.fn = fn
+        self.rotating = rotating
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - async callable objects too
+        )
+
+    def parse_result(self, value: Any, credential: str, received_at: float | None = None) -> Token:
+        """Normalize what the function returned into a `Token`."""
+        received = time.time() if received_at is None else received_at
+        if isinstance(value, Token):
+            return value
+        if isinstance(value, str) and value:
+            return Token.from_response(value, received_at=received)
+        if isinstance(value, Mapping):
+            access = value.get("access_token")
+            if not isinstance(access, str) or not access:
+                raise MalformedTokenResponse(credential, "access_token", "missing or empty")
+            extra = {k: v for k, v in value.items() if k not in _FIELDS}
+            return Token.from_response(
+                access,
+                expires_in=check_expires_in(value.get("expires_in"), credential),
+                received_at=received,
+                token_type=str(value.get("token_type") or "Bearer"),
+                refresh_token=value.get("refresh_token"),
+                scope=value.get("scope"),
+                extra=extra,
+            )
+        got = type(value).__name__
+        raise MalformedTokenResponse(
+            credential, "return value", f"expected a Token, str or mapping, got {got}"
+        )
+
+    def describe(self) -> str:
+        return f"FunctionSource({getattr(self.fn, '__qualname__', type(self.fn).__name__)})"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+
+_FIELDS = {"access_token", "token_type", "expires_in", "refresh_token", "scope"}

@@ -1,0 +1,176 @@
+"""The store contract: versioned credential records with compare-and-set, and leases.
+
+A store keeps one `Record` per credential key. Writers never overwrite blindly: every write is a
+compare-and-set against the version the writer read, so two processes cannot both "win" a
+refresh. A lease is a short, owner-tagged lock on a key that spans processes: the refresh
+leader holds it while it talks to the provider, renews it when slow, and only its owner can
+release it; a lease whose owner died simply expires.
+
+Sync methods are the contract; the async ones default to running the sync method in a worker
+thread, which is right for file and SQLite stores. Network stores (Redis, PostgreSQL) override
+them with native async code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from ..token import Token, fingerprint
+
+__all__ = ["Record", "State", "Store"]
+
+State = Literal["ok", "needs_reauth"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What a store keeps for one credential. `version` starts at 1 and grows by one per write."""
+
+    key: str
+    version: int = 0
+    access_token: str | None = field(default=None, repr=False)
+    token_type: str = "Bearer"
+    expires_at: float | None = None
+    refresh_token: str | None = field(default=None, repr=False)
+    scope: str | None = None
+    obtained_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    state: State = "ok"
+    last_error: str | None = None
+    refresh_count: int = 0
+    updated_at: float = field(default_factory=time.time)
+
+    def successor(self, **changes: Any) -> Record:
+        """The next version of this record, ready for `compare_and_set(next, self.version)`."""
+        return replace(self, version=self.version + 1, updated_at=time.time(), **changes)
+
+    def token(self) -> Token | None:
+        """The access token this record holds, or None when it holds none."""
+        if not self.access_token:
+            return None
+        return Token(
+            self.access_token,
+            token_type=self.token_type,
+            expires_at=self.expires_at,
+            refresh_token=self.refresh_token,
+            scope=self.scope,
+            obtained_at=self.obtained_at if self.obtained_at is not None else self.updated_at,
+            version=self.version,
+            extra=dict(self.extra),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (contains secrets: for stores only, never for display)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        """Inverse of `to_dict`; unknown keys are ignored so newer files stay readable."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def describe(self) -> dict[str, Any]:
+        """A secret-free summary for status displays and logs."""
+        return {
+            "key": self.key,
+            "version": self.version,
+            "state": self.state,
+            "token": fingerprint(self.access_token),
+            "expires_at": self.expires_at,
+            "has_refresh_token": bool(self.refresh_token),
+            "refresh_count": self.refresh_count,
+            "last_error": self.last_error,
+            "updated_at": self.updated_at,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Record(key={self.key!r}, version={self.version}, state={self.state!r}, "
+            f"token={fingerprint(self.access_token)!r}, "
+            f"refresh_token={fingerprint(self.refresh_token)!r})"
+        )
+
+
+def check_successor(record: Record, expected_version: int) -> None:
+    """Stores call this first in `compare_and_set`: versions grow by exactly one."""
+    if record.version != expected_version + 1:
+        raise ValueError(
+            f"record {record.key!r} has version {record.version}; a compare-and-set against "
+            f"version {expected_version} must write version {expected_version + 1}"
+        )
+
+
+class Store(ABC):
+    """Versioned records plus per-key leases. Implementations must be safe across threads and,
+    where the medium allows, across processes."""
+
+    #: A human-readable location for messages (a path or URL without credentials).
+    location: str = "memory"
+
+    @abstractmethod
+    def load(self, key: str) -> Record | None:
+        """The current record for `key`, or None when there is none."""
+
+    @abstractmethod
+    def compare_and_set(self, record: Record, expected_version: int) -> bool:
+        """Write `record` iff the stored version is `expected_version` (0: no record yet).
+
+        `record.version` must be `expected_version + 1`. Returns False, writing nothing, when
+        someone else wrote first. The write is durable when this returns True.
+        """
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove the record (and any lease) for `key`; True when there was one."""
+
+    @abstractmethod
+    def keys(self, prefix: str = "") -> list[str]:
+        """Keys of all records starting with `prefix`, sorted."""
+
+    @abstractmethod
+    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Take the lease on `key` for `ttl` seconds. True when `owner` now holds it (taking a
+        lease it already holds renews it); False while another owner holds an unexpired one."""
+
+    @abstractmethod
+    def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Extend `owner`'s lease to `ttl` seconds from now; False when `owner` lost it."""
+
+    @abstractmethod
+    def release_lease(self, key: str, owner: str) -> bool:
+        """Release the lease iff `owner` holds it; True when it did."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Release connections and file handles."""
+
+    # Async API: worker-thread defaults, overridden by natively async stores.
+    async def aload(self, key: str) -> Record | None:
+        return await asyncio.to_thread(self.load, key)
+
+    async def acompare_and_set(self, record: Record, expected_version: int) -> bool:
+        return await asyncio.to_thread(self.compare_and_set, record, expected_version)
+
+    async def adelete(self, key: str) -> bool:
+        return await asyncio.to_thread(self.delete, key)
+
+    async def akeys(self, prefix: str = "") -> list[str]:
+        return await asyncio.to_thread(self.keys, prefix)
+
+    async def aacquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        return await asyncio.to_thread(self.acquire_lease, key, owner, ttl)
+
+    async def arenew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        return await asyncio.to_thread(self.renew_lease, key, owner, ttl)
+
+    async def arelease_lease(self, key: str, owner: str) -> bool:
+        return await asyncio.to_thread(self.release_lease, key, owner)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.location!r})"

@@ -1,0 +1,68 @@
+"""In-process store: a dict behind a lock. For tests and single-process programs that do not
+need the token to survive a restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from .base import Record, Store, check_successor
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(Store):
+    """Records and leases in memory; safe across threads, not shared between processes."""
+
+    location = "memory"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[str, Record] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+
+    def load(self, key: str) -> Record | None:
+        return self._records.get(key)
+
+    def compare_and_set(self, record: Record, expected_version: int) -> bool:
+        check_successor(record, expected_version)
+        with self._lock:
+            current = self._records.get(record.key)
+            if (current.version if current else 0) != expected_version:
+                return False
+            self._records[record.key] = record
+            return True
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            self._leases.pop(key, None)
+            return self._records.pop(key, None) is not None
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return sorted(k for k in list(self._records) if k.startswith(prefix))
+
+    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        with self._lock:
+            held = self._leases.get(key)
+            if held and held[0] != owner and held[1] > now:
+                return False
+            self._leases[key] = (owner, now + ttl)
+            return True
+
+    def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        with self._lock:
+            held = self._leases.get(key)
+            if not held or held[0] != owner or held[1] <= now:
+                return False
+            self._leases[key] = (owner, now + ttl)
+            return True
+
+    def release_lease(self, key: str, owner: str) -> bool:
+        with self._lock:
+            held = self._leases.get(key)
+            if not held or held[0] != owner:
+                return False
+            del self._leases[key]
+            return True

@@ -1,0 +1,81 @@
+"""Plain request/response values for the token endpoints, and the two drivers that send them.
+
+Sources build an `HttpRequest` and parse an `HttpResponse` without doing I/O; only this module
+talks to the network (through httpx2), once for sync callers and once for async callers. Network
+failures become `TransientError`, marked `sent=True` when the provider may have processed the
+request (the answer was lost on the way back).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import httpx2
+
+from .errors import TransientError
+
+__all__ = ["DEFAULT_TIMEOUT", "HttpRequest", "HttpResponse", "send", "send_async"]
+
+DEFAULT_TIMEOUT = httpx2.Timeout(10.0, connect=5.0)
+
+# The request never left this machine: retrying cannot double-spend a refresh token.
+_NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.WriteError)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    body: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    headers: dict[str, str] = field(repr=False)  # lower-cased names
+    body: bytes = field(repr=False)
+    received_at: float
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _to_response(response: httpx2.Response) -> HttpResponse:
+    return HttpResponse(
+        status=response.status_code,
+        headers={k.lower(): v for k, v in response.headers.items()},
+        body=response.content,
+        received_at=time.time(),
+    )
+
+
+def _transient(exc: httpx2.HTTPError, request: HttpRequest) -> TransientError:
+    sent = not isinstance(exc, _NOT_SENT)
+    what = type(exc).__name__
+    where = httpx2.URL(request.url).copy_with(query=None)
+    return TransientError(f"{what} talking to {where}", sent=sent)
+
+
+def send(client: httpx2.Client, request: HttpRequest) -> HttpResponse:
+    """Send with a sync client; network failures become `TransientError`."""
+    try:
+        response = client.request(
+            request.method, request.url, headers=request.headers, content=request.body
+        )
+    except httpx2.TransportError as exc:
+        raise _transient(exc, request) from None
+    return _to_response(response)
+
+
+async def send_async(client: httpx2.AsyncClient, request: HttpRequest) -> HttpResponse:
+    """Send with an async client; network failures become `TransientError`."""
+    try:
+        response = await client.request(
+            request.method, request.url, headers=request.headers, content=request.body
+        )
+    except httpx2.TransportError as exc:
+        raise _transient(exc, request) from None
+    return _to_response(response)
