@@ -1,0 +1,289 @@
+"""The default store: one SQLite database file, shared safely by threads and processes.
+
+Why SQLite: it gives atomic, durable compare-and-set across processes with nothing but the
+standard library. WAL mode lets readers run while a writer commits; `synchronous=FULL` makes a
+commit reach the disk before `compare_and_set` returns, so a rotated refresh token is durable
+before the new access token is used (invariant 2); `busy_timeout` makes writers queue instead of
+failing when another process holds the write lock.
+
+Why `BEGIN IMMEDIATE` for writes: a deferred transaction that reads and then writes can fail
+with SQLITE_BUSY without waiting; an immediate one takes the write lock up front and waits.
+
+Why a connection per thread (`threading.local`): a sqlite3 connection must not run statements
+from two threads at once, and one connection behind a lock would serialize every reader of the
+process. Per-thread connections read in parallel and let SQLite's own locking arbitrate writes,
+exactly as it does between processes. A connection is dropped (and closed) with its thread, is
+never reused after a fork, and `close()` closes them all.
+
+A file that is not a SQLite database, or a database without our schema (or with a newer schema
+version), raises `StoreCorrupted` and is never written to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import StoreCorrupted, StoreError
+from .base import Record, Store, check_successor
+from .file import FILE_MODE, make_private_dir, record_from_data
+
+__all__ = ["SQLiteStore"]
+
+SCHEMA_VERSION = 1
+TABLES = {
+    "meta": "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "records": (
+        "CREATE TABLE records (key TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+        "data TEXT NOT NULL, updated_at REAL NOT NULL)"
+    ),
+    "leases": (
+        "CREATE TABLE leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)"
+    ),
+}
+_ACQUIRE = (
+    "INSERT INTO leases (key, owner, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+    "WHERE leases.owner = excluded.owner OR leases.expires_at <= ?"
+)
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (the base class cannot) and knows the process
+    that opened it: a connection inherited through `fork` is left alone, never used or closed."""
+
+    pid: int = 0
+
+    def close_if_mine(self) -> None:
+        if self.pid == os.getpid():
+            self.close()
+
+
+class _ThreadConnection:
+    """One thread's connection, kept in `threading.local`. When the thread ends, Python drops
+    this holder at once (no reference cycle) and the finalizer closes the connection, rather
+    than leaving it open until the cyclic garbage collector finds it."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.pid = conn.pid
+        weakref.finalize(self, conn.close_if_mine)
+
+
+class SQLiteStore(Store):
+    """Records and leases in a SQLite database at `path` (created 0600, parent dir 0700).
+
+    `timeout` is how long a writer waits for another writer (SQLite's busy timeout).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.location = str(path)
+        self._timeout = timeout
+        self._local = threading.local()
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._guard = threading.Lock()
+        self._closed = False
+        self._create_file()
+        try:
+            self._init_schema(self._conn())
+        except BaseException:
+            self.close()
+            raise
+
+    def load(self, key: str) -> Record | None:
+        with self._errors("read"):
+            row = (
+                self._conn()
+                .execute("SELECT version, data FROM records WHERE key = ?", (key,))
+                .fetchone()
+            )
+        return None if row is None else self._record_of(key, row[0], row[1])
+
+    def compare_and_set(self, record: Record, expected_version: int) -> bool:
+        check_successor(record, expected_version)
+        data = json.dumps(record.to_dict(), separators=(",", ":"), sort_keys=True)
+        with self._transaction("compare-and-set") as conn:
+            if expected_version == 0:
+                cursor = conn.execute(
+                    "INSERT INTO records (key, version, data, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (key) DO NOTHING",
+                    (record.key, record.version, data, record.updated_at),
+                )
+            else:
+                cursor = conn.execute(
+                    "UPDATE records SET version = ?, data = ?, updated_at = ? "
+                    "WHERE key = ? AND version = ?",
+                    (record.version, data, record.updated_at, record.key, expected_version),
+                )
+            return cursor.rowcount == 1
+
+    def delete(self, key: str) -> bool:
+        with self._transaction("delete") as conn:
+            conn.execute("DELETE FROM leases WHERE key = ?", (key,))
+            return conn.execute("DELETE FROM records WHERE key = ?", (key,)).rowcount == 1
+
+    def keys(self, prefix: str = "") -> list[str]:
+        with self._errors("list keys"):
+            rows = self._conn().execute(
+                "SELECT key FROM records WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+            )
+            return sorted(row[0] for row in rows)
+
+    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        return self._change("acquire lease", _ACQUIRE, (key, owner, now + ttl, now))
+
+    def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        return self._change(
+            "renew lease",
+            "UPDATE leases SET expires_at = ? WHERE key = ? AND owner = ? AND expires_at > ?",
+            (now + ttl, key, owner, now),
+        )
+
+    def release_lease(self, key: str, owner: str) -> bool:
+        return self._change(
+            "release lease", "DELETE FROM leases WHERE key = ? AND owner = ?", (key, owner)
+        )
+
+    def close(self) -> None:
+        with self._guard:
+            self._closed = True
+            connections = list(self._connections)
+            self._connections.clear()
+        for conn in connections:
+            conn.close_if_mine()
+
+    # --- connections --------------------------------------------------------------------------
+
+    def _create_file(self) -> None:
+        """Create the database file 0600 before SQLite does (SQLite would use 0644)."""
+        make_private_dir(self.path.parent)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            return
+        os.close(fd)
+
+    def _conn(self) -> _Connection:
+        held: _ThreadConnection | None = getattr(self._local, "held", None)
+        if held is not None and held.pid == os.getpid() and not self._closed:
+            return held.conn
+        with self._guard:
+            if self._closed:
+                raise StoreError(f"token store {self.location} is closed")
+            with self._errors("open"):
+                conn = self._connect()
+            self._connections.add(conn)
+        self._local.held = _ThreadConnection(conn)
+        return conn
+
+    def _connect(self) -> _Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._timeout,
+            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+            check_same_thread=False,  # used by one thread; only close() crosses threads
+            factory=_Connection,
+        )
+        conn.pid = os.getpid()
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    # --- schema -------------------------------------------------------------------------------
+
+    def _init_schema(self, conn: _Connection) -> None:
+        """Check (or create, in an empty file) the schema, then switch to WAL.
+
+        Nothing is written before the file is known to be ours: WAL mode is set last.
+        """
+        with self._errors("open"):
+            if not self._tables(conn):
+                self._create_schema(conn)
+            self._check_schema(conn)
+            conn.execute("PRAGMA journal_mode = WAL")
+
+    def _tables(self, conn: _Connection) -> set[str]:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {row[0] for row in rows}
+
+    def _create_schema(self, conn: _Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._tables(conn):  # another process may have created it meanwhile
+                for statement in TABLES.values():
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO meta (name, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    def _check_schema(self, conn: _Connection) -> None:
+        tables = self._tables(conn)
+        if not set(TABLES) <= tables:
+            found = ", ".join(sorted(tables)) or "none"
+            raise StoreCorrupted(self.location, f"not a tokenward database (tables: {found})")
+        row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        version = int(row[0]) if row is not None and str(row[0]).isdigit() else None
+        if version is None:
+            raise StoreCorrupted(self.location, "the meta table has no schema version")
+        if version > SCHEMA_VERSION:
+            raise StoreCorrupted(
+                self.location,
+                f"schema version {version} is newer than this tokenward supports "
+                f"({SCHEMA_VERSION}); upgrade tokenward",
+            )
+
+    # --- statements ---------------------------------------------------------------------------
+
+    def _record_of(self, key: str, version: int, text: str) -> Record:
+        where = f"record {key!r}"
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError):
+            raise StoreCorrupted(self.location, f"{where}: data is not valid JSON") from None
+        record = record_from_data(self.location, data, where)
+        if record.key != key or record.version != version:
+            raise StoreCorrupted(self.location, f"{where}: data disagrees with its row")
+        return record
+
+    def _change(self, action: str, sql: str, params: tuple[object, ...]) -> bool:
+        """Run one writing statement (atomic on its own); True when it changed a row."""
+        with self._errors(action):
+            return self._conn().execute(sql, params).rowcount == 1
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[_Connection]:
+        with self._errors(action):
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Translate sqlite3 errors: busy/locked/IO → StoreError, not-a-database → corrupt."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"token store {self.location}: {action} failed: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupted(self.location, f"not a usable SQLite database ({exc})") from exc

@@ -1,0 +1,685 @@
+"""The store contract, run against every store, plus what is particular to each file format.
+
+To run the contract against a new store, add a factory to STORE_KINDS (and to SHARED_KINDS when
+it is shared between processes). Workers of the multi-process tests rebuild their store from the
+kind's name, so factories must be plain module-level functions of a directory.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sqlite3
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+try:  # python-dotenv is optional; when installed, it must read what we write
+    import dotenv as python_dotenv  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover
+    python_dotenv = None
+
+from tokenward.errors import StoreCorrupted, StoreError
+from tokenward.stores import (
+    DotenvStore,
+    JsonFileStore,
+    MemoryStore,
+    Record,
+    SQLiteStore,
+    Store,
+    open_store,
+)
+from tokenward.stores.url import SCHEMES, register_scheme
+
+
+def _memory(directory: Path) -> Store:
+    return MemoryStore()
+
+
+def _json(directory: Path) -> Store:
+    return JsonFileStore(directory / "tokens.json")
+
+
+def _dotenv(directory: Path) -> Store:
+    return DotenvStore(directory / ".env")
+
+
+def _sqlite(directory: Path) -> Store:
+    return SQLiteStore(directory / "tokens.db")
+
+
+STORE_KINDS: dict[str, Callable[[Path], Store]] = {
+    "memory": _memory,
+    "json": _json,
+    "dotenv": _dotenv,
+    "sqlite": _sqlite,
+}
+#: Stores that several processes can share.
+SHARED_KINDS = ["json", "dotenv", "sqlite"]
+
+
+@pytest.fixture(params=list(STORE_KINDS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    instance = STORE_KINDS[request.param](tmp_path)
+    yield instance
+    instance.close()
+
+
+def full_record(key: str = "acct:42") -> Record:
+    """A record with every field away from its default, including awkward characters."""
+    return Record(
+        key=key,
+        version=1,
+        access_token="APP_USR-1234567890-abcdef",
+        token_type="bearer",
+        expires_at=1700000123.25,
+        refresh_token="TG-65f0c0ffee-123456",
+        scope="offline_access read write",
+        obtained_at=1700000000.5,
+        extra={"user_id": 42, "nested": {"list": [1, "two", None]}, "note": 'it\'s \\ "q" é $x'},
+        state="needs_reauth",
+        last_error="invalid_grant: it's gone",
+        refresh_count=7,
+        updated_at=1700000001.75,
+    )
+
+
+def increment(store: Store, key: str) -> None:
+    """Read, add one to extra["count"], compare-and-set; retry when someone wrote first."""
+    while True:
+        current = store.load(key)
+        assert current is not None
+        count = current.extra["count"] + 1
+        if store.compare_and_set(current.successor(extra={"count": count}), current.version):
+            return
+
+
+def seed_counter(store: Store, key: str) -> None:
+    assert store.compare_and_set(Record(key, 1, extra={"count": 0}), 0)
+
+
+# --- the contract ---------------------------------------------------------------------------
+
+
+def test_load_missing_is_none(store: Store) -> None:
+    assert store.load("nope") is None
+
+
+def test_create_then_conflicting_cas_loses(store: Store) -> None:
+    first = Record("ml", 1, access_token="first", refresh_token="r1")
+    assert store.compare_and_set(first, 0)
+    assert not store.compare_and_set(Record("ml", 1, access_token="second"), 0)
+    loaded = store.load("ml")
+    assert loaded is not None and loaded.access_token == "first"
+
+    winner = loaded.successor(access_token="winner")
+    assert store.compare_and_set(winner, 1)
+    assert not store.compare_and_set(loaded.successor(access_token="loser"), 1)
+    final = store.load("ml")
+    assert final is not None and (final.version, final.access_token) == (2, "winner")
+
+
+def test_cas_requires_the_next_version(store: Store) -> None:
+    with pytest.raises(ValueError):
+        store.compare_and_set(Record("k", 3), 0)
+    with pytest.raises(ValueError):
+        store.compare_and_set(Record("k", 1), 1)
+    assert store.load("k") is None
+
+
+def test_round_trip_of_every_field(store: Store) -> None:
+    record = full_record()
+    assert store.compare_and_set(record, 0)
+    loaded = store.load(record.key)
+    assert loaded is not None and loaded.to_dict() == record.to_dict()
+
+    cleared = loaded.successor(
+        access_token=None, refresh_token=None, expires_at=None, scope=None, state="ok"
+    )
+    assert store.compare_and_set(cleared, 1)
+    reloaded = store.load(record.key)
+    assert reloaded is not None and reloaded.to_dict() == cleared.to_dict()
+
+
+def test_keys_with_prefix(store: Store) -> None:
+    for key in ["ml:2", "heygen", "ml:1"]:
+        assert store.compare_and_set(Record(key, 1, access_token="t"), 0)
+    assert store.keys() == ["heygen", "ml:1", "ml:2"]
+    assert store.keys("ml:") == ["ml:1", "ml:2"]
+    assert store.keys("zz") == []
+
+
+def test_delete(store: Store) -> None:
+    assert store.compare_and_set(Record("k", 1, access_token="t"), 0)
+    assert store.acquire_lease("k", "owner-1", 30)
+    assert store.delete("k")
+    assert store.load("k") is None
+    assert store.keys() == []
+    assert not store.delete("k")
+    assert store.acquire_lease("k", "owner-2", 30)  # the lease went with the record
+    assert store.compare_and_set(Record("k", 1, access_token="again"), 0)
+
+
+def test_leases(store: Store) -> None:
+    assert store.acquire_lease("k", "a", 30)
+    assert not store.acquire_lease("k", "b", 30)
+    assert store.acquire_lease("k", "a", 30)  # re-acquiring is renewing
+    assert store.renew_lease("k", "a", 30)
+    assert not store.renew_lease("k", "b", 30)
+    assert not store.release_lease("k", "b")
+    assert not store.acquire_lease("k", "b", 30)
+    assert store.acquire_lease("other", "b", 30)  # leases are per key
+    assert store.release_lease("k", "a")
+    assert not store.release_lease("k", "a")
+    assert store.acquire_lease("k", "b", 30)
+
+
+def test_expired_lease_can_be_taken(store: Store) -> None:
+    assert store.acquire_lease("k", "a", 0.2)
+    assert not store.acquire_lease("k", "b", 0.2)
+    time.sleep(0.25)
+    assert not store.renew_lease("k", "a", 30)
+    assert store.acquire_lease("k", "b", 30)
+    assert not store.release_lease("k", "a")
+    assert store.release_lease("k", "b")
+
+
+def test_threads_lose_no_update(store: Store) -> None:
+    seed_counter(store, "counter")
+
+    def work() -> None:
+        for _ in range(50):
+            increment(store, "counter")
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    final = store.load("counter")
+    assert final is not None
+    assert (final.extra["count"], final.version) == (800, 801)
+
+
+def test_repr_names_location_not_secrets(store: Store) -> None:
+    record = full_record()
+    store.compare_and_set(record, 0)
+    assert store.location in repr(store)
+    assert record.access_token is not None and record.access_token not in repr(store)
+
+
+# --- several processes ----------------------------------------------------------------------
+
+
+def cas_worker(kind: str, directory: str, rounds: int) -> None:
+    store = STORE_KINDS[kind](Path(directory))
+    for _ in range(rounds):
+        increment(store, "counter")
+    store.close()
+
+
+def lease_worker(kind: str, directory: str, rounds: int, owner: str) -> None:
+    """Increment a plain file with no compare-and-set at all: only the lease protects it."""
+    store = STORE_KINDS[kind](Path(directory))
+    counter = Path(directory) / "plain-counter"
+    done = 0
+    while done < rounds:
+        if not store.acquire_lease("shared", owner, 10.0):
+            time.sleep(0.001)
+            continue
+        value = int(counter.read_text())
+        time.sleep(0.001)  # widen the window a lost update would need
+        counter.write_text(str(value + 1))
+        current = store.load("under-lease")
+        assert current is not None
+        bumped = current.successor(refresh_count=current.refresh_count + 1)
+        assert store.compare_and_set(bumped, current.version), "CAS lost while holding the lease"
+        assert store.release_lease("shared", owner)
+        done += 1
+    store.close()
+
+
+def run_processes(target: Callable[..., None], args: list[tuple[object, ...]]) -> None:
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=target, args=a) for a in args]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0] * len(processes)
+
+
+@pytest.mark.parametrize("kind", SHARED_KINDS)
+def test_processes_lose_no_cas_update(kind: str, tmp_path: Path) -> None:
+    store = STORE_KINDS[kind](tmp_path)
+    seed_counter(store, "counter")
+    run_processes(cas_worker, [(kind, str(tmp_path), 100)] * 4)
+    final = store.load("counter")
+    assert final is not None
+    assert (final.extra["count"], final.version) == (400, 401)
+    store.close()
+
+
+@pytest.mark.parametrize("kind", SHARED_KINDS)
+def test_lease_excludes_other_processes(kind: str, tmp_path: Path) -> None:
+    store = STORE_KINDS[kind](tmp_path)
+    assert store.compare_and_set(Record("under-lease", 1), 0)
+    (tmp_path / "plain-counter").write_text("0")
+    run_processes(lease_worker, [(kind, str(tmp_path), 25, f"owner-{i}") for i in range(4)])
+    assert (tmp_path / "plain-counter").read_text() == "100"
+    final = store.load("under-lease")
+    assert final is not None and final.refresh_count == 100
+    store.close()
+
+
+# --- corruption -----------------------------------------------------------------------------
+
+
+def assert_corrupt_and_untouched(path: Path, attempt: Callable[[], object]) -> StoreCorrupted:
+    before = path.read_bytes()
+    with pytest.raises(StoreCorrupted) as caught:
+        attempt()
+    assert str(path) in str(caught.value)
+    assert path.read_bytes() == before
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"",
+        b"\xff\xfe garbage",
+        b"[]",
+        b'{"records": []}',
+        b'{"tokenward": 99, "records": {}}',
+        b'{"records": {"a": {"key": "a"}}}',
+        b'{"records": {"a": {"key": "a", "version": "2"}}}',
+        b'{"records": {"a": {"key": "a", "version": 1, "state": "weird"}}}',
+        b'{"records": {"a": {"key": "b", "version": 1}}}',
+        b'{"records": {"a": {"key": "a", "version": 1, "extra": []}}}',
+    ],
+    ids=[
+        "garbage",
+        "empty",
+        "binary",
+        "list",
+        "records-list",
+        "newer-format",
+        "missing-version",
+        "version-string",
+        "bad-state",
+        "key-mismatch",
+        "extra-not-object",
+    ],
+)
+def test_corrupt_json_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_bytes(content)
+    store = JsonFileStore(path)
+    assert_corrupt_and_untouched(path, lambda: store.load("a"))
+    assert_corrupt_and_untouched(path, lambda: store.compare_and_set(Record("a", 2), 1))
+    assert_corrupt_and_untouched(path, lambda: store.delete("a"))
+    assert_corrupt_and_untouched(path, store.keys)
+
+
+def test_corrupt_json_names_no_secret(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_bytes(b'{"records": {"a": {"key": "a", "version": 1, "access_token": ["SECRET1"]}}}')
+    error = assert_corrupt_and_untouched(path, lambda: JsonFileStore(path).load("a"))
+    assert "SECRET1" not in str(error)
+    assert "access_token" in str(error)
+
+
+def test_not_a_sqlite_database(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    path.write_bytes(b"this is not a database\n" * 100)
+    assert_corrupt_and_untouched(path, lambda: SQLiteStore(path))
+    assert sorted(os.listdir(tmp_path)) == ["tokens.db"]
+
+
+def test_sqlite_without_our_schema(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE things (x)")
+    conn.close()
+    error = assert_corrupt_and_untouched(path, lambda: SQLiteStore(path))
+    assert "things" in str(error)
+
+
+def test_sqlite_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE name = 'schema_version'")
+    conn.close()
+    error = assert_corrupt_and_untouched(path, lambda: SQLiteStore(path))
+    assert "99" in str(error) and "upgrade" in str(error)
+
+
+def test_sqlite_closed_store_refuses(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "tokens.db")
+    store.close()
+    with pytest.raises(StoreError):
+        store.load("k")
+
+
+def is_open(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.total_changes  # noqa: B018 - raises on a closed connection
+    except sqlite3.ProgrammingError:
+        return False
+    return True
+
+
+def test_sqlite_connection_per_thread_is_dropped_with_the_thread(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "tokens.db")
+    threads = [threading.Thread(target=store.load, args=("k",)) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+        thread.join()
+    assert len([c for c in store._connections if is_open(c)]) == 1  # the main thread's
+    store.close()
+
+
+def test_malformed_dotenv_state_line(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_bytes(
+        b"# tokens\n"
+        b"TOKENWARD_ML_ACCESS_TOKEN=SECRET-ACCESS\n"
+        b'TOKENWARD_STATE_ML=\'{"key": "ml", "version": \'\n'
+    )
+    store = DotenvStore(path)
+    error = assert_corrupt_and_untouched(path, lambda: store.load("ml"))
+    assert "line 3" in str(error) and "SECRET-ACCESS" not in str(error)
+    assert_corrupt_and_untouched(path, lambda: store.compare_and_set(Record("ml", 2), 1))
+    assert_corrupt_and_untouched(path, store.keys)
+
+
+def test_dotenv_expiry_not_a_number(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_bytes(b"TOKENWARD_ML_ACCESS_TOKEN=tok\nTOKENWARD_ML_EXPIRES_AT=tomorrow\n")
+    error = assert_corrupt_and_untouched(path, lambda: DotenvStore(path).load("ml"))
+    assert "line 2" in str(error) and "TOKENWARD_ML_EXPIRES_AT" in str(error)
+
+
+# --- dotenv specifics -----------------------------------------------------------------------
+
+ML_MAPPING = {
+    "ml": {
+        "access_token": "ML_ACCESS_TOKEN",
+        "refresh_token": "ML_REFRESH_TOKEN",
+        "expires_at": "ML_EXPIRES_AT",
+    }
+}
+
+USER_ENV = (
+    "# MercadoLibre app - keep this file private\n"
+    'export APP_NAME="Mi Tienda"   # quoted, with a comment\n'
+    "\n"
+    "ML_CLIENT_ID=1234567890\n"
+    "ML_CLIENT_SECRET='s3cr3t value'\n"
+    'export ML_ACCESS_TOKEN="APP_USR-old-access"  # refreshed by tokenward\n'
+    "ML_REFRESH_TOKEN=TG-old-refresh\n"
+    "\t\n"
+    "UNRELATED_PATH=/usr/local/bin:/usr/bin\n"
+    'MULTILINE="first\n'
+    'second"\n'
+    "# the end"
+)
+
+
+def shell_values(path: Path, *names: str) -> list[str]:
+    """What bash sees after `source`-ing the file."""
+    printed = " ".join(f'"${name}"' for name in names)
+    script = f"set -a; . {path}; printf '%s\\0' {printed}"
+    out = subprocess.run(["bash", "-c", script], capture_output=True, check=True, text=True)
+    return out.stdout.split("\0")[:-1]
+
+
+def test_dotenv_keeps_the_users_lines(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_text(USER_ENV)
+    store = DotenvStore(path, mapping=ML_MAPPING)
+    record = store.load("ml")
+    assert record is not None and record.version == 1
+    assert (record.access_token, record.refresh_token) == ("APP_USR-old-access", "TG-old-refresh")
+    for round_ in range(3):
+        record = record.successor(
+            access_token=f"APP_USR-new-{round_}",
+            refresh_token=f"TG-new-{round_}",
+            expires_at=1700000000 + round_,
+        )
+        assert store.compare_and_set(record, record.version - 1)
+
+    expected = USER_ENV.splitlines(keepends=True)
+    expected[5] = "export ML_ACCESS_TOKEN=APP_USR-new-2  # refreshed by tokenward\n"
+    expected[6] = "ML_REFRESH_TOKEN=TG-new-2\n"
+    expected[-1] += "\n"
+    lines = path.read_text().splitlines(keepends=True)
+    assert lines[: len(expected)] == expected
+    assert lines[len(expected)] == "ML_EXPIRES_AT=1700000002\n"
+    assert lines[len(expected) + 1].startswith("TOKENWARD_STATE_ML='{")
+    assert len(lines) == len(expected) + 2
+
+    loaded = store.load("ml")
+    assert loaded is not None and loaded.to_dict() == record.to_dict()
+    access, refresh, app, state = shell_values(
+        path, "ML_ACCESS_TOKEN", "ML_REFRESH_TOKEN", "APP_NAME", "TOKENWARD_STATE_ML"
+    )
+    assert (access, refresh, app) == ("APP_USR-new-2", "TG-new-2", "Mi Tienda")
+    assert json.loads(state)["version"] == 4
+
+
+def test_dotenv_values_read_the_same_in_bash(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    store = DotenvStore(path, mapping={"x": {"access_token": "A", "scope": "S"}})
+    odd = ["plain-token_1.2~3", "has $dollar and space", "it's", "back\\slash", "é-unicode"]
+    record: Record | None = None
+    for value in odd:
+        if record is None:
+            record = Record("x", 1, access_token=value, scope=value, last_error="it's \\ $x")
+        else:
+            record = record.successor(access_token=value, scope=value)
+        assert store.compare_and_set(record, record.version - 1)
+        access, scope, state = shell_values(path, "A", "S", "TOKENWARD_STATE_X")
+        assert access == scope == value
+        assert json.loads(state)["last_error"] == "it's \\ $x"
+        if python_dotenv is not None:
+            values = python_dotenv.dotenv_values(path)
+            assert values["A"] == values["S"] == value
+            assert json.loads(values["TOKENWARD_STATE_X"]) == json.loads(state)
+        loaded = store.load("x")
+        assert loaded is not None and loaded.to_dict() == record.to_dict()
+
+
+def test_dotenv_refuses_a_value_no_quoting_can_carry(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    store = DotenvStore(path)
+    assert store.compare_and_set(Record("x", 1, access_token="ok"), 0)
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as caught:
+        store.compare_and_set(Record("x", 2, access_token="it's $HOME"), 1)
+    assert "$HOME" not in str(caught.value)
+    assert path.read_bytes() == before
+
+
+def test_dotenv_python_dotenv_reads_it(tmp_path: Path) -> None:
+    dotenv = pytest.importorskip("dotenv")  # not a dependency; installed in some dev envs
+    path = tmp_path / ".env"
+    path.write_text(USER_ENV)
+    store = DotenvStore(path, mapping=ML_MAPPING)
+    record = full_record("ml")
+    assert store.compare_and_set(replace(record, version=2), 1)
+    values = dotenv.dotenv_values(path)
+    assert values["ML_ACCESS_TOKEN"] == record.access_token
+    assert values["ML_REFRESH_TOKEN"] == record.refresh_token
+    assert values["APP_NAME"] == "Mi Tienda"
+    state = json.loads(values["TOKENWARD_STATE_ML"])
+    assert state["extra"] == record.extra and state["last_error"] == record.last_error
+
+
+def test_dotenv_takes_over_a_hand_made_mercadolibre_file(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    original = (
+        "ML_CLIENT_ID=1234567890\n"
+        "ML_CLIENT_SECRET=abcdefSECRET\n"
+        "ML_ACCESS_TOKEN=APP_USR-1234567890-hand\n"
+        "ML_REFRESH_TOKEN=TG-hand-made\n"
+    )
+    path.write_text(original)
+    os.chmod(path, 0o640)
+    store = DotenvStore(path, mapping=ML_MAPPING)
+    record = store.load("ml")
+    assert record is not None
+    assert record.version == 1 and record.state == "ok" and record.expires_at is None
+    assert (record.access_token, record.refresh_token) == (
+        "APP_USR-1234567890-hand",
+        "TG-hand-made",
+    )
+    assert store.keys() == ["ml"]
+    assert not store.compare_and_set(Record("ml", 1, access_token="x"), 0)
+
+    rotated = record.successor(access_token="APP_USR-new", refresh_token="TG-new", expires_at=1.5e9)
+    assert store.compare_and_set(rotated, 1)
+    text = path.read_text()
+    assert text.startswith("ML_CLIENT_ID=1234567890\nML_CLIENT_SECRET=abcdefSECRET\n")
+    assert "TOKENWARD_STATE_ML=" in text and "ML_EXPIRES_AT=1500000000\n" in text
+    loaded = store.load("ml")
+    assert loaded is not None and loaded.version == 2 and loaded.expires_at == 1.5e9
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # the user's mode is kept
+
+
+def test_dotenv_keeps_crlf_and_export(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_bytes(b"# win\r\nexport TOKENWARD_K_ACCESS_TOKEN=old\r\nOTHER=1")
+    store = DotenvStore(path)
+    record = store.load("k")
+    assert record is not None
+    assert store.compare_and_set(record.successor(access_token="new"), 1)
+    data = path.read_bytes()
+    assert data.startswith(b"# win\r\nexport TOKENWARD_K_ACCESS_TOKEN=new\r\nOTHER=1\r\n")
+    assert data.endswith(b"\r\n") and b"TOKENWARD_STATE_K='" in data
+
+
+def test_dotenv_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
+    real = tmp_path / "secrets" / "app.env"
+    real.parent.mkdir()
+    real.write_text("OTHER=1\n")
+    link = tmp_path / ".env"
+    link.symlink_to(real)
+    store = DotenvStore(link)
+    assert store.compare_and_set(Record("k", 1, access_token="t"), 0)
+    assert link.is_symlink()
+    assert real.read_text().startswith("OTHER=1\nTOKENWARD_K_ACCESS_TOKEN=t\n")
+
+
+@pytest.mark.parametrize("kind", ["json", "dotenv"])
+def test_unreadable_lease_file_means_no_lease(kind: str, tmp_path: Path) -> None:
+    store = STORE_KINDS[kind](tmp_path)
+    assert store.compare_and_set(Record("k", 1, access_token="t"), 0)
+    leases = Path(store.location + ".leases")
+    leases.write_text("{torn")
+    assert store.acquire_lease("k", "a", 30)
+    assert not store.acquire_lease("k", "b", 30)
+    record = store.load("k")
+    assert record is not None and record.access_token == "t"
+
+
+def test_dotenv_keys_that_share_variables_are_refused(tmp_path: Path) -> None:
+    store = DotenvStore(tmp_path / ".env")
+    assert store.compare_and_set(Record("a-b", 1, access_token="t"), 0)
+    with pytest.raises(StoreError, match="give one of them a mapping"):
+        store.load("a_b")
+
+
+def test_dotenv_rejects_a_bad_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        DotenvStore(tmp_path / ".env", mapping={"x": {"password": "PW"}})
+    with pytest.raises(ValueError):
+        DotenvStore(tmp_path / ".env", mapping={"x": {"access_token": "NOT A NAME"}})
+
+
+# --- file modes -----------------------------------------------------------------------------
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("kind", SHARED_KINDS)
+def test_new_files_are_private(kind: str, tmp_path: Path) -> None:
+    directory = tmp_path / "nested" / "dir"
+    store = STORE_KINDS[kind](directory)
+    assert store.compare_and_set(Record("k", 1, access_token="t"), 0)
+    assert store.acquire_lease("k", "a", 30)
+    assert mode(directory) == 0o700
+    for path in directory.iterdir():
+        assert mode(path) == 0o600, path.name
+    store.close()
+
+
+def test_json_file_is_made_private_again(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    store = JsonFileStore(path)
+    assert store.compare_and_set(Record("k", 1), 0)
+    os.chmod(path, 0o644)
+    assert store.compare_and_set(Record("k", 2), 1)
+    assert mode(path) == 0o600
+
+
+def test_no_temp_files_left_behind(tmp_path: Path) -> None:
+    for kind in SHARED_KINDS:
+        store = STORE_KINDS[kind](tmp_path)
+        assert store.compare_and_set(Record("k", 1), 0)
+        store.close()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# --- open_store -----------------------------------------------------------------------------
+
+
+def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert isinstance(open_store("memory://"), MemoryStore)
+    cases: list[tuple[str, type[Store], str]] = [
+        (f"sqlite://{tmp_path}/abs.db", SQLiteStore, f"{tmp_path}/abs.db"),
+        ("sqlite://relative.db", SQLiteStore, "relative.db"),
+        (f"file://{tmp_path}/abs.json", JsonFileStore, f"{tmp_path}/abs.json"),
+        ("file://relative.json", JsonFileStore, "relative.json"),
+        ("dotenv://.env", DotenvStore, ".env"),
+        (f"dotenv://{tmp_path}/abs/.env", DotenvStore, f"{tmp_path}/abs/.env"),
+        ("file://with%20space.json", JsonFileStore, "with space.json"),
+    ]
+    for url, cls, location in cases:
+        store = open_store(url)
+        assert isinstance(store, cls) and store.location == location, url
+        assert store.compare_and_set(Record("k", 1), 0)
+        assert Path(location).exists() or Path(tmp_path, location).exists()
+        store.close()
+
+
+def test_open_store_rejects_unknown_schemes(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError) as caught:
+        open_store("redis://localhost:6379/0")
+    assert "'redis'" in str(caught.value)
+    for scheme in ["memory://", "sqlite://", "file://", "dotenv://"]:
+        assert scheme in str(caught.value)
+    with pytest.raises(ValueError, match="not a store URL"):
+        open_store("tokens.db")
+    with pytest.raises(ValueError, match="no path"):
+        open_store("sqlite://")
+
+    monkeypatch.setitem(SCHEMES, "redis", lambda url: MemoryStore())
+    assert isinstance(open_store("redis://localhost:6379/0"), MemoryStore)
+    monkeypatch.delitem(SCHEMES, "redis")
+    register_scheme("Custom", lambda url: MemoryStore())
+    assert isinstance(open_store("custom://x"), MemoryStore)
+    del SCHEMES["custom"]
