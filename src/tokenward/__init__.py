@@ -11,6 +11,7 @@ persisted before use, and secrets that never reach a log.
     client = httpx2.Client(auth=TokenAuth(manager))
 """
 
+from .credential import Credential, credential
 from .errors import (
     CredentialNotSeeded,
     LeaseTimeout,
@@ -40,6 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ApiKeyExchange",
     "ClientCredentialsGrant",
+    "Credential",
     "CredentialNotSeeded",
     "ExpiryRule",
     "FunctionSource",
@@ -59,4 +61,5 @@ __all__ = [
     "TokenManager",
     "TokenwardError",
     "__version__",
+    "credential",
 ]

@@ -236,6 +236,10 @@ def _refused(
                 "token.adopted", ctx.key, fingerprint=token.fingerprint, version=token.version
             )
             return token
+        if latest.refresh_token and (rec is None or latest.refresh_token != rec.refresh_token):
+            # Re-seeded (a login) or rotated by a process whose lease outlived ours: the refused
+            # refresh token was simply stale. Versions only grow, so this recursion ends.
+            return (yield from _refresh(ctx, latest))
     error = ReauthorizationRequired(ctx.key, exc.error, exc.description, answer_lost=lost)
     base = latest or Record(ctx.key)
     yield Save(base.successor(state="needs_reauth", last_error=str(error)), base.version)

@@ -1,0 +1,675 @@
+"""`tokenward` command line: configure credentials, log in, print tokens, show their state.
+
+Why a CLI: the first login (browser or device code), a look at "which credential is about to
+need a person", and `curl -H "Authorization: Bearer $(tokenward token ml)"` are things people
+do by hand. Output contract: `token` prints the token and nothing else on stdout; every error is
+one sentence plus the fix on stderr, with a distinct exit code:
+
+    0 ok, 1 other failure, 2 usage or configuration error, 3 re-authorization required,
+    4 provider unreachable
+
+No command prints a secret except `token` (which exists to do so); tokens are shown by
+fingerprint. Tracebacks only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+import webbrowser
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl, urlsplit
+
+import click
+import httpx2
+
+from .config import (
+    CONFIG_ENV,
+    Config,
+    ConfigError,
+    CredentialConfig,
+    load_config,
+    load_preset,
+    parse_config,
+    preset_names,
+)
+from .errors import (
+    CredentialNotSeeded,
+    MalformedTokenResponse,
+    ReauthorizationRequired,
+    RefreshFailed,
+    RequestRejected,
+    TokenwardError,
+    TransientError,
+)
+from .sources.authorization import (
+    AuthorizationDenied,
+    Pkce,
+    authorization_url,
+    parse_callback,
+    parse_device_authorization,
+    parse_device_poll,
+)
+from .sources.oauth2 import parse_token_response
+from .token import Token, fingerprint
+from .transport import DEFAULT_TIMEOUT, HttpRequest, send
+
+__all__ = ["EXIT_CONFIG", "EXIT_REAUTH", "EXIT_UNREACHABLE", "cli", "main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_REAUTH, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+
+STARTER = """\
+# tokenward configuration (docs: docs/configuration.md).
+# Secrets are references, never values: env:NAME reads an environment variable,
+# file:PATH reads a file (trailing newline stripped). Keep this file `chmod 600`.
+
+[store]
+# Where tokens live. Default: SQLite in your user data directory.
+# url = "sqlite:///var/lib/tokenward/tokens.db"
+# url = "dotenv://.env"            # keep tokens in an existing .env
+
+# A MercadoLibre app (`tokenward presets` lists the providers tokenward knows):
+# [credentials.ml]
+# preset = "mercadolibre"
+# client_id = "1234567890"
+# client_secret = "env:ML_CLIENT_SECRET"
+
+# A HeyGen API key exchanged for short-lived session tokens:
+# [credentials.heygen]
+# preset = "heygen"
+# api_key = "file:~/.secrets/heygen-api-key"
+"""
+
+
+# -- error handling -------------------------------------------------------------------------------
+def _exit_code(exc: BaseException) -> tuple[int, str]:
+    """Exit code and a fix hint for an exception reaching the top."""
+    if isinstance(exc, ConfigError | RequestRejected | MalformedTokenResponse):
+        return EXIT_CONFIG, ""
+    if isinstance(exc, ReauthorizationRequired | CredentialNotSeeded | AuthorizationDenied):
+        return EXIT_REAUTH, ""
+    if isinstance(exc, RefreshFailed | TransientError | httpx2.TransportError):
+        return EXIT_UNREACHABLE, " Check the network and the credential's base_url/token_url."
+    return EXIT_FAILURE, ""
+
+
+def _fail(exc: BaseException, debug: bool) -> NoReturn:
+    code, hint = _exit_code(exc)
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, httpx2.TransportError):
+        message = f"cannot reach the provider ({type(exc).__name__})."
+    else:
+        message = str(exc)
+    click.echo(f"error: {message}{hint}", err=True)
+    sys.exit(code)
+
+
+class _Cli(click.Group):
+    """Maps tokenward errors to exit codes and one-line messages (tracebacks with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except (TokenwardError, httpx2.TransportError, OSError) as exc:
+            _fail(exc, bool(ctx.meta.get("tokenward.debug")))
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Keep API credentials alive.
+
+    \b
+    Example:
+      tokenward init && tokenward add ml --preset mercadolibre \\
+          --client-id 123 --client-secret env:ML_CLIENT_SECRET
+      tokenward login ml
+      curl -H "Authorization: Bearer $(tokenward token ml)" https://api.mercadolibre.com/users/me
+    """
+    ctx.meta["tokenward.debug"] = debug
+
+
+def _config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=f"Configuration file (default: ${CONFIG_ENV}, ./tokenward.toml, user config dir).",
+    )(fn)
+
+
+def _load(config_path: Path | None) -> Config:
+    return load_config(config_path)
+
+
+def _target_path(config_path: Path | None) -> Path:
+    """Where `init`/`add` write: the given path, $TOKENWARD_CONFIG, else ./tokenward.toml."""
+    if config_path is not None:
+        return config_path
+    return Path(os.environ.get(CONFIG_ENV) or "tokenward.toml").expanduser()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `path` with mode 0600 (it may hold references to secrets, or secrets)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+# -- init, add, presets ---------------------------------------------------------------------------
+@cli.command()
+@_config_option
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(config_path: Path | None, force: bool) -> None:
+    """Write a commented starter configuration (mode 0600).
+
+    \b
+    Example:
+      tokenward init                      # ./tokenward.toml
+      tokenward init --config ~/.config/tokenward/config.toml
+    """
+    path = _target_path(config_path)
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists; edit it, or pass --force to overwrite it.")
+    _write_private(path, STARTER)
+    click.echo(f"wrote {path}; next: tokenward add NAME --preset PRESET")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }"
+    return json.dumps(value)
+
+
+def _table_text(name: str, settings: dict[str, Any]) -> str:
+    lines = [f"\n[credentials.{json.dumps(name) if not name.isidentifier() else name}]"]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _append_credential(path: Path, name: str, settings: dict[str, Any]) -> None:
+    """Append a `[credentials.NAME]` table, keeping the file's comments; validated first."""
+    import tomllib
+
+    current = path.read_text(encoding="utf-8") if path.exists() else STARTER
+    text = current + _table_text(name, settings)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if name in tomllib.loads(current).get("credentials", {}):
+        raise ConfigError(f"{path}: [credentials.{name}] already exists; edit it by hand.")
+    parse_config(data, path)
+    _write_private(path, text)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--preset", help="A preset from `tokenward presets`.")
+@click.option("--client-id", help="OAuth client id (a value, or env:NAME / file:PATH).")
+@click.option("--client-secret", help="OAuth client secret reference: env:NAME or file:PATH.")
+@click.option("--api-key", help="API key reference: env:NAME or file:PATH.")
+@click.option("--base-url", help="Override the preset's base URL.")
+@click.option("--issuer", help="Issuer URL for endpoint discovery (generic-oauth2).")
+@click.option("--token-url", help="Token endpoint URL.")
+@click.option("--scope", help="Scope requested at login.")
+@click.option("--grant", type=click.Choice(["refresh_token", "client_credentials", "api_key"]))
+@_config_option
+def add(name: str, config_path: Path | None, **options: str | None) -> None:
+    """Add a [credentials.NAME] table to the configuration.
+
+    Secrets must be references (env:NAME, file:PATH): a value typed on the command line would
+    stay in the shell history.
+
+    \b
+    Example:
+      tokenward add ml --preset mercadolibre --client-id 123 \\
+          --client-secret env:ML_CLIENT_SECRET
+      tokenward add avatar --preset heygen --api-key file:/run/secrets/heygen
+    """
+    settings = {key: value for key, value in options.items() if value is not None}
+    for key in ("client_secret", "api_key"):
+        value = settings.get(key)
+        if value is not None and not value.startswith(("env:", "file:")):
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(
+                f"{flag} must be a reference, not the secret itself: use env:NAME or file:PATH "
+                f"(e.g. {flag} env:{name.upper().replace('-', '_')}_{key.upper()})."
+            )
+    path = _target_path(config_path)
+    _append_credential(path, name, settings)
+    click.echo(f"added [credentials.{name}] to {path}")
+
+
+@cli.command()
+def presets() -> None:
+    """List the provider presets tokenward ships.
+
+    \b
+    Example:
+      tokenward presets
+      tokenward add ml --preset mercadolibre --client-id 123 --client-secret env:ML_SECRET
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("preset", "grant", "description")
+    for name in preset_names():
+        data = load_preset(name)
+        table.add_row(name, data.get("grant", "refresh_token"), data.get("description", ""))
+    Console().print(table)
+
+
+# -- token, refresh, status -----------------------------------------------------------------------
+@cli.command()
+@click.argument("name")
+@_config_option
+def token(name: str, config_path: Path | None) -> None:
+    """Print a valid access token for NAME, and nothing else, on stdout.
+
+    A session-scoped credential (HeyGen) gets a new token on every call: such a token must
+    never serve two sessions.
+
+    \b
+    Example:
+      curl -H "Authorization: Bearer $(tokenward token ml)" https://api.mercadolibre.com/users/me
+    """
+    from .credential import credential
+
+    with credential(name, _load(config_path)) as cred:
+        session_scoped = cred.config.settings.get("session_scoped", False)
+        issued = cred.manager.refresh() if session_scoped else cred.token()
+        click.echo(issued.access_token)
+
+
+@cli.command()
+@click.argument("name")
+@_config_option
+def refresh(name: str, config_path: Path | None) -> None:
+    """Refresh NAME now, whatever its expiry (one refresh even if others run at once).
+
+    \b
+    Example:
+      tokenward refresh ml
+    """
+    from .credential import credential
+
+    with credential(name, _load(config_path)) as cred:
+        fresh = cred.manager.refresh()
+    click.echo(f"refreshed {name}: token {fresh.fingerprint}, {_expires(fresh.expires_at)}")
+
+
+def _expires(expires_at: float | None) -> str:
+    if expires_at is None:
+        return "expiry unknown"
+    left = expires_at - time.time()
+    return f"expires in {left:.0f}s" if left > 0 else f"expired {-left:.0f}s ago"
+
+
+def _status_rows(config: Config) -> list[dict[str, Any]]:
+    rows = []
+    for name, settings in sorted(config.credentials.items()):
+        record = config.store_for(settings).load(name)
+        expires_at = record.expires_at if record else None
+        rows.append(
+            {
+                "name": name,
+                "preset": settings.settings.get("preset"),
+                "grant": settings.grant,
+                "state": record.state if record else "empty",
+                "token": fingerprint(record.access_token) if record else "-",
+                "expires_at": expires_at,
+                "expires_in": None if expires_at is None else round(expires_at - time.time()),
+                "last_refresh": record.obtained_at if record else None,
+                "refresh_count": record.refresh_count if record else 0,
+                "last_error": record.last_error if record else None,
+            }
+        )
+    return rows
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_config_option
+def status(as_json: bool, config_path: Path | None) -> None:
+    """Show every configured credential: state, expiry, refreshes, last error. No secrets.
+
+    \b
+    Example:
+      tokenward status
+      tokenward status --json | jq '.[] | select(.state != "ok")'
+    """
+    rows = _status_rows(_load(config_path))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("credential", "state", "token", "expires", "last refresh", "refreshes", "error")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["state"],
+            row["token"],
+            _expires(row["expires_at"]) if row["state"] != "empty" else "-",
+            _when(row["last_refresh"]),
+            str(row["refresh_count"]),
+            row["last_error"] or "",
+        )
+    Console().print(table)
+
+
+# -- login ----------------------------------------------------------------------------------------
+def _http(request: HttpRequest) -> Any:
+    with httpx2.Client(timeout=DEFAULT_TIMEOUT) as client:
+        return send(client, request)
+
+
+class _Callback(BaseHTTPRequestHandler):
+    """Receives the one redirect of an authorization code login."""
+
+    result: dict[str, str] | None = None
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path != "/callback":
+            self.send_error(404)
+            return
+        type(self).result = dict(parse_qsl(parts.query))
+        body = b"<html><body>tokenward: login complete, you can close this tab.</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # the query holds the code
+        return
+
+
+def _wait_for_callback(
+    port: int, announce: Callable[[str], None], timeout: float
+) -> dict[str, str]:
+    handler: type[_Callback] = type("Callback", (_Callback,), {"result": None})
+    server = HTTPServer(("127.0.0.1", port), handler)
+    server.timeout = 0.5
+    try:
+        announce(f"http://127.0.0.1:{server.server_address[1]}/callback")
+        deadline = time.monotonic() + timeout
+        while handler.result is None:
+            if time.monotonic() > deadline:
+                raise AuthorizationDenied(
+                    f"no login callback within {timeout:.0f}s; run `tokenward login` again"
+                )
+            server.handle_request()
+        result: dict[str, str] = handler.result
+        return result
+    finally:
+        server.server_close()
+
+
+def _seed(settings: CredentialConfig, config: Config, fresh: Token) -> None:
+    manager = settings.manager(config.store_for(settings))
+    record = manager.seed(
+        refresh_token=fresh.refresh_token,
+        access_token=fresh.access_token,
+        expires_in=fresh.expires_in(),
+        token_type=fresh.token_type,
+        scope=fresh.scope,
+    )
+    refresh = "with" if fresh.refresh_token else "WITHOUT"
+    click.echo(
+        f"logged in {settings.name}: token {fresh.fingerprint} (version {record.version}), "
+        f"{refresh} a refresh token"
+    )
+
+
+def _login_code(settings: CredentialConfig, port: int, browser: bool, timeout: float) -> Token:
+    client = settings.oauth_client()
+    authorize = settings.require("authorize_url", "log in with a browser (or use --device)")
+    pkce, state = Pkce.new(), secrets.token_urlsafe(24)
+    redirect: dict[str, str] = {}
+
+    def announce(redirect_uri: str) -> None:
+        redirect["uri"] = redirect_uri
+        url = authorization_url(
+            authorize,
+            client.client_id,
+            redirect_uri,
+            state=state,
+            pkce=pkce,
+            scope=settings.settings.get("scope"),
+            extra=settings.settings.get("authorize_params"),
+        )
+        click.echo(f"Open this URL to authorize tokenward:\n{url}", err=True)
+        if browser:
+            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+
+    query = _wait_for_callback(port, announce, timeout)
+    code = parse_callback(query, state)
+    response = _http(client.code_request(code, redirect["uri"], pkce))
+    return parse_token_response(response, settings.name)
+
+
+def _login_device(settings: CredentialConfig, timeout: float) -> Token:
+    client = settings.oauth_client()
+    if not client.device_authorization_url:
+        raise ConfigError(f"{settings.where}: device_authorization_url is required for --device")
+    device = parse_device_authorization(
+        _http(client.device_request(settings.settings.get("scope"))), settings.name
+    )
+    where = device.verification_uri_complete or device.verification_uri
+    click.echo(f"Go to {where} and enter the code:\n{device.user_code}", err=True)
+    interval = device.interval
+    deadline = time.monotonic() + min(timeout, device.expires_in)
+    while time.monotonic() < deadline:
+        time.sleep(max(interval, 0.1))
+        answer = parse_device_poll(_http(client.device_poll_request(device)), settings.name)
+        if isinstance(answer, Token):
+            return answer
+        if answer == "slow_down":
+            interval += 5
+    raise AuthorizationDenied("the device code was not approved in time; run the login again")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--device", is_flag=True, help="Use the device flow (RFC 8628): no browser here.")
+@click.option("--no-browser", is_flag=True, help="Print the URL without opening a browser.")
+@click.option("--port", type=int, default=None, help="Callback port (default: redirect_port/0).")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait.")
+@_config_option
+def login(
+    name: str,
+    device: bool,
+    no_browser: bool,
+    port: int | None,
+    timeout: float,
+    config_path: Path | None,
+) -> None:
+    """Log in to NAME (authorization code + PKCE, or --device) and store the tokens.
+
+    The browser flow listens once on 127.0.0.1 for the redirect.
+
+    \b
+    Example:
+      tokenward login ml                  # opens the browser
+      tokenward login ml --no-browser     # prints the URL only
+      tokenward login gh --device         # headless: enter a code on another device
+    """
+    config = _load(config_path)
+    settings = config.credential_config(name)
+    if device:
+        fresh = _login_device(settings, timeout)
+    else:
+        chosen = port if port is not None else int(settings.settings.get("redirect_port", 0))
+        fresh = _login_code(settings, chosen, not no_browser, timeout)
+    _seed(settings, config, fresh)
+
+
+# -- revoke, import-env, demo ---------------------------------------------------------------------
+@cli.command()
+@click.argument("name")
+@_config_option
+def revoke(name: str, config_path: Path | None) -> None:
+    """Revoke NAME's tokens at the provider (RFC 7009) and mark it as needing a login.
+
+    \b
+    Example:
+      tokenward revoke ml
+    """
+    config = _load(config_path)
+    settings = config.credential_config(name)
+    client = settings.oauth_client()
+    if not client.revocation_url:
+        raise ConfigError(f"{settings.where}: revocation_url is required to revoke")
+    store = config.store_for(settings)
+    record = store.load(name)
+    if record is None:
+        click.echo(f"{name}: nothing stored, nothing to revoke")
+        return
+    for secret, hint in ((record.refresh_token, "refresh_token"), (record.access_token, "")):
+        if secret:
+            response = _http(client.revocation_request(secret, hint or "access_token"))
+            if response.status >= 400:
+                parse_token_response(response, name)  # raises the classified error
+    updated = record.successor(
+        access_token=None,
+        refresh_token=None,
+        expires_at=None,
+        state="needs_reauth",
+        last_error="revoked with `tokenward revoke`",
+    )
+    store.compare_and_set(updated, record.version)
+    click.echo(f"revoked {name}; run `tokenward login {name}` to use it again")
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    """`NAME=value` pairs of a .env file (quotes removed), enough to import credentials."""
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.strip()
+        if not text or text.startswith("#") or "=" not in text:
+            continue
+        key, _, value = text.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+@cli.command("import-env")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", default="ml", show_default=True, help="Credential name.")
+@click.option("--preset", default="mercadolibre", show_default=True)
+@click.option("--client-id-var", default="ML_CLIENT_ID", show_default=True)
+@click.option("--client-secret-var", default="ML_CLIENT_SECRET", show_default=True)
+@click.option("--refresh-token-var", default="ML_REFRESH_TOKEN", show_default=True)
+@click.option("--access-token-var", default="ML_ACCESS_TOKEN", show_default=True)
+@click.option("--base-url", default=None, help="Override the preset's base URL (a sandbox).")
+@_config_option
+def import_env(
+    file: Path,
+    name: str,
+    preset: str,
+    client_id_var: str,
+    client_secret_var: str,
+    refresh_token_var: str,
+    access_token_var: str,
+    base_url: str | None,
+    config_path: Path | None,
+) -> None:
+    """Take over a .env holding ML_CLIENT_ID, ML_CLIENT_SECRET, ML_REFRESH_TOKEN, ML_ACCESS_TOKEN.
+
+    The .env becomes the credential's store: tokenward keeps ML_ACCESS_TOKEN and
+    ML_REFRESH_TOKEN up to date in it, so scripts reading the .env keep working. The client
+    secret stays in the .env and is referenced as env:ML_CLIENT_SECRET.
+
+    \b
+    Example:
+      tokenward import-env .env
+      tokenward import-env app.env --name shop --client-id-var APP_ID --client-secret-var APP_KEY
+    """
+    values = _read_env(file)
+    for var in (client_id_var, refresh_token_var):
+        if not values.get(var):
+            raise ConfigError(f"{file}: {var} is missing or empty; name it with the --*-var flags.")
+    variables = {"refresh_token": refresh_token_var, "access_token": access_token_var}
+    settings: dict[str, Any] = {
+        "preset": preset,
+        "client_id": values[client_id_var],
+        "client_secret": f"env:{client_secret_var}",
+        "store": f"dotenv://{file.resolve()}",
+        "store_variables": variables,
+    }
+    if base_url:
+        settings["base_url"] = base_url
+    path = _target_path(config_path)
+    _append_credential(path, name, settings)
+    config = load_config(path)
+    cred_settings = config.credential_config(name)
+    # Seeding touches only the store, and the real source would need the client secret, which
+    # may not be exported yet: a placeholder source does. The imported access token's age is
+    # unknown, so it is seeded as expired: the first use refreshes (and rewrites the .env).
+    from .manager import TokenManager
+    from .sources import FunctionSource
+
+    store = config.store_for(cred_settings)
+    TokenManager(name, FunctionSource(lambda _token: ""), store).seed(
+        refresh_token=values[refresh_token_var],
+        access_token=values.get(access_token_var) or None,
+        expires_in=0,
+    )
+    click.echo(
+        f"imported {file} as [credentials.{name}] in {path}; "
+        f"export {client_secret_var} (e.g. `set -a; . {file}; set +a`) before using it"
+    )
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run the demo: a pipeline across many token expiries, tokenward vs a hand-made refresher.
+
+    \b
+    Example:
+      tokenward demo
+    """
+    from . import demo as demo_module
+
+    sys.exit(demo_module.main(list(ctx.args)))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="tokenward")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""`tokenward.credential("NAME")`: a configured credential in one line.
+
+Why a wrapper: most programs need exactly three things — an `Auth` for their HTTP client, a
+token for an SDK, and the manager for status — and should not have to assemble a source, a
+store and an expiry rule from the configuration themselves.
+
+    import httpx2, tokenward
+
+    ml = tokenward.credential("ml")
+    with httpx2.Client(auth=ml.auth) as client:
+        client.get("https://api.mercadolibre.com/users/me")
+"""
+
+from __future__ import annotations
+
+import os
+
+from .config import Config, CredentialConfig, load_config
+from .integrations.httpx import TokenAuth
+from .manager import TokenManager
+from .token import Token
+
+__all__ = ["Credential", "credential"]
+
+
+class Credential:
+    """A configured credential: `.auth`, `.token()`, `await .atoken()`, `.manager`."""
+
+    def __init__(self, config: CredentialConfig, manager: TokenManager) -> None:
+        self.name = config.name
+        self.config = config
+        self.manager = manager
+        self.auth = TokenAuth(manager)
+
+    def token(self) -> Token:
+        """A valid token (`.access_token` for SDKs, `.authorization` for a header)."""
+        return self.manager.token()
+
+    async def atoken(self) -> Token:
+        """`token()` for asyncio code."""
+        return await self.manager.atoken()
+
+    def close(self) -> None:
+        self.manager.close()
+
+    def __enter__(self) -> Credential:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Credential({self.name!r}, grant={self.config.grant!r})"
+
+
+def credential(name: str, config: str | os.PathLike[str] | Config | None = None) -> Credential:
+    """The credential `name` from the configuration (found as `tokenward.config` describes:
+    explicit path, `TOKENWARD_CONFIG`, `./tokenward.toml`, the user config directory)."""
+    loaded = config if isinstance(config, Config) else load_config(config)
+    settings = loaded.credential_config(name)
+    return Credential(settings, settings.manager(loaded.store_for(settings)))
