@@ -24,9 +24,11 @@ from .errors import (
     TokenwardError,
 )
 from .integrations.httpx import TokenAuth
+from .integrations.sdk import ExpiryGuard
 from .manager import RefreshPolicy, TokenManager
 from .retry import RetryPolicy
 from .rules import ExpiryRule
+from .sessions import Sessions
 from .sources import (
     ApiKeyExchange,
     ClientCredentialsGrant,
@@ -43,6 +45,7 @@ __all__ = [
     "ClientCredentialsGrant",
     "Credential",
     "CredentialNotSeeded",
+    "ExpiryGuard",
     "ExpiryRule",
     "FunctionSource",
     "LeaseTimeout",
@@ -53,6 +56,7 @@ __all__ = [
     "RefreshTokenGrant",
     "RequestRejected",
     "RetryPolicy",
+    "Sessions",
     "Source",
     "StoreCorrupted",
     "StoreError",

@@ -36,7 +36,7 @@ from .stores.base import Record, Store
 from .token import Token
 from .transport import HttpRequest, send, send_async
 
-__all__ = ["FlowContext", "refresh_flow", "run", "run_async"]
+__all__ = ["FlowContext", "mint_flow", "refresh_flow", "run", "run_async"]
 
 
 # -- operations ---------------------------------------------------------------------------------
@@ -169,16 +169,46 @@ def _take_lease(ctx: FlowContext, seen: Token | None) -> Generator[Op, Any, Toke
     return None
 
 
-def _fetch(ctx: FlowContext, rec: Record | None) -> Generator[Op, Any, Token]:
+def _fetch(source: Source, key: str, rec: Record | None) -> Generator[Op, Any, Token]:
     """One attempt at the source."""
-    source = ctx.source
     if isinstance(source, HttpSource):
         response = yield Http(source.build_request(rec))
-        return source.parse_response(response, ctx.key)
+        return source.parse_response(response, key)
     if isinstance(source, FunctionSource):
         value = yield Invoke(source, rec.token() if rec else None)
-        return source.parse_result(value, ctx.key)
+        return source.parse_result(value, key)
     raise TypeError(f"unsupported source {source!r}")
+
+
+def _backoff(
+    retry: RetryPolicy, key: str, exc: TransientError, retries: int, started: float
+) -> Generator[Op, Any, None]:
+    """Sleep before retry number `retries`, or raise `RefreshFailed` past the deadline."""
+    delay = retry.delay(retries, time.monotonic() - started, exc.retry_after)
+    events.emit(
+        "refresh.failed",
+        key,
+        kind="transient",
+        detail=exc.detail,
+        attempt=retries,
+        retry_in=None if delay is None else round(delay, 3),
+    )
+    if delay is None:
+        raise RefreshFailed(key, exc.detail, retries) from None
+    yield Sleep(delay)
+
+
+def mint_flow(source: Source, key: str, retry: RetryPolicy) -> Flow:
+    """A brand-new token straight from `source`, never from a store or cache (session-scoped
+    tokens), with the same transient-failure retries as a refresh. Yields no store operation."""
+    started = time.monotonic()
+    retries = 0
+    while True:
+        try:
+            return (yield from _fetch(source, key, None))
+        except TransientError as exc:
+            retries += 1
+            yield from _backoff(retry, key, exc, retries, started)
 
 
 def _refresh(ctx: FlowContext, rec: Record | None) -> Flow:
@@ -192,7 +222,7 @@ def _refresh(ctx: FlowContext, rec: Record | None) -> Flow:
         ):
             raise LeaseTimeout(ctx.key, time.monotonic() - started)
         try:
-            grant = yield from _fetch(ctx, rec)
+            grant = yield from _fetch(ctx.source, ctx.key, rec)
         except TransientError as exc:
             if exc.sent and ctx.source.rotating and not lost:
                 # The provider may have rotated the refresh token and we never saw the new one.
@@ -201,18 +231,7 @@ def _refresh(ctx: FlowContext, rec: Record | None) -> Flow:
                 events.emit("refresh.answer_lost", ctx.key, detail=exc.detail)
                 continue
             retries += 1
-            delay = ctx.retry.delay(retries, time.monotonic() - started, exc.retry_after)
-            events.emit(
-                "refresh.failed",
-                ctx.key,
-                kind="transient",
-                detail=exc.detail,
-                attempt=retries,
-                retry_in=None if delay is None else round(delay, 3),
-            )
-            if delay is None:
-                raise RefreshFailed(ctx.key, exc.detail, retries) from None
-            yield Sleep(delay)
+            yield from _backoff(ctx.retry, ctx.key, exc, retries, started)
             continue
         except ReauthorizationRequired as exc:
             return (yield from _refused(ctx, rec, exc, lost))
@@ -300,18 +319,24 @@ def _call_async_function(source: FunctionSource, current: Token | None) -> Any:
         return pool.submit(asyncio.run, call()).result()
 
 
-def _execute(op: Op, store: Store, client: httpx2.Client) -> Any:
+def _need(store: Store | None) -> Store:
+    if store is None:
+        raise TypeError("this flow needs a store, and the driver was given none")
+    return store
+
+
+def _execute(op: Op, store: Store | None, client: httpx2.Client) -> Any:
     match op:
         case Load(key):
-            return store.load(key)
+            return _need(store).load(key)
         case Save(record, expected):
-            return store.compare_and_set(record, expected)
+            return _need(store).compare_and_set(record, expected)
         case Acquire(key, owner, ttl):
-            return store.acquire_lease(key, owner, ttl)
+            return _need(store).acquire_lease(key, owner, ttl)
         case Renew(key, owner, ttl):
-            return store.renew_lease(key, owner, ttl)
+            return _need(store).renew_lease(key, owner, ttl)
         case Release(key, owner):
-            return store.release_lease(key, owner)
+            return _need(store).release_lease(key, owner)
         case Sleep(seconds):
             time.sleep(seconds)
             return None
@@ -324,18 +349,18 @@ def _execute(op: Op, store: Store, client: httpx2.Client) -> Any:
     raise TypeError(f"unknown operation {op!r}")
 
 
-async def _aexecute(op: Op, store: Store, client: httpx2.AsyncClient) -> Any:
+async def _aexecute(op: Op, store: Store | None, client: httpx2.AsyncClient) -> Any:
     match op:
         case Load(key):
-            return await store.aload(key)
+            return await _need(store).aload(key)
         case Save(record, expected):
-            return await store.acompare_and_set(record, expected)
+            return await _need(store).acompare_and_set(record, expected)
         case Acquire(key, owner, ttl):
-            return await store.aacquire_lease(key, owner, ttl)
+            return await _need(store).aacquire_lease(key, owner, ttl)
         case Renew(key, owner, ttl):
-            return await store.arenew_lease(key, owner, ttl)
+            return await _need(store).arenew_lease(key, owner, ttl)
         case Release(key, owner):
-            return await store.arelease_lease(key, owner)
+            return await _need(store).arelease_lease(key, owner)
         case Sleep(seconds):
             await asyncio.sleep(seconds)
             return None
@@ -348,7 +373,7 @@ async def _aexecute(op: Op, store: Store, client: httpx2.AsyncClient) -> Any:
     raise TypeError(f"unknown operation {op!r}")
 
 
-def run(flow: Flow, store: Store, client: httpx2.Client) -> Token:
+def run(flow: Flow, store: Store | None, client: httpx2.Client) -> Token:
     """Drive `flow` with blocking I/O. Failures of an operation are thrown into the flow (so
     its `finally` releases the lease) and surface from here if the flow does not handle them."""
     value: Any = None
@@ -365,7 +390,7 @@ def run(flow: Flow, store: Store, client: httpx2.Client) -> Token:
             error = exc
 
 
-async def run_async(flow: Flow, store: Store, client: httpx2.AsyncClient) -> Token:
+async def run_async(flow: Flow, store: Store | None, client: httpx2.AsyncClient) -> Token:
     """Drive `flow` with asyncio; the same contract as `run`."""
     value: Any = None
     error: BaseException | None = None

@@ -2,21 +2,23 @@
 
 Providers disagree: RFC 6750 says 401 with `WWW-Authenticate: Bearer error="invalid_token"`;
 MercadoLibre sends 401 with `{"message":"invalid_token"}` and no header; some GraphQL APIs send
-200 with an `UNAUTHENTICATED` error code. A rule is pure data plus one pure function, so every
-integration (and the broker) asks the same question the same way.
+200 with an `UNAUTHENTICATED` error code. A rule is pure data plus pure functions, so every
+integration (httpx, requests, aiohttp, the broker) asks the same question the same way, and a
+config file can describe a rule as a plain dict (`ExpiryRule.from_config`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
-__all__ = ["ExpiryRule", "www_authenticate_error"]
+__all__ = ["PRESETS", "ExpiryRule", "www_authenticate_error"]
 
 _ERROR_PARAM = re.compile(r'error\s*=\s*"?([A-Za-z0-9_\-]+)"?')
+_MISSING = object()
 
 
 class _Headers(Protocol):
@@ -32,6 +34,37 @@ def www_authenticate_error(headers: _Headers) -> str | None:
     return match.group(1) if match else None
 
 
+def _lookup(document: Any, path: str) -> Any:
+    """The value at a dotted `path` (`error.code`, `errors.0.message`), or `_MISSING`."""
+    node = document
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def _graphql_codes(payload: Any) -> set[str]:
+    """The `errors[].extensions.code` values of a GraphQL answer (plus `errors[].code`, which
+    some servers use instead)."""
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    if not isinstance(errors, list):
+        return set()
+    codes: set[str] = set()
+    for error in errors:
+        if not isinstance(error, dict):
+            continue
+        extensions = error.get("extensions")
+        for holder in (extensions if isinstance(extensions, dict) else {}, error):
+            code = holder.get("code")
+            if isinstance(code, str):
+                codes.add(code)
+    return codes
+
+
 @dataclass(frozen=True, slots=True)
 class ExpiryRule:
     """Decides whether an answer means "this access token is no longer accepted".
@@ -40,20 +73,78 @@ class ExpiryRule:
     `insufficient_scope` answer (403), which a new token would not fix. With `body_contains` or
     `json_fields`, a status match also needs the body to match one of them (MercadoLibre:
     `json_fields={"message": "invalid_token"}`), so "user not authorized" is not taken for expiry.
+    `json_fields` names may be dotted paths (`error.code`). With `graphql_codes`, an answer
+    whose status is in `graphql_statuses` (200 by default) and whose `errors[].extensions.code`
+    holds one of the codes is an expiry too, whatever `statuses` says.
     """
 
     statuses: frozenset[int] = frozenset({401})
     www_authenticate_errors: frozenset[str] = frozenset({"invalid_token"})
     body_contains: tuple[str, ...] = ()
     json_fields: Mapping[str, str] = field(default_factory=dict)
+    graphql_codes: frozenset[str] = frozenset()
+    graphql_statuses: frozenset[int] = frozenset({200})
 
+    # -- constructors ---------------------------------------------------------------------------
+    @classmethod
+    def rfc6750(cls) -> ExpiryRule:
+        """The default: 401, or `WWW-Authenticate: Bearer error="invalid_token"`."""
+        return cls()
+
+    @classmethod
+    def mercadolibre(cls) -> ExpiryRule:
+        """401 with `{"message": "invalid_token"}`; other 401 bodies ("user not authorized")
+        are permission problems a new token would not fix."""
+        return cls(json_fields={"message": "invalid_token"})
+
+    @classmethod
+    def graphql(cls, codes: Iterable[str] = ("UNAUTHENTICATED",)) -> ExpiryRule:
+        """Any 401, plus 200 answers carrying an `UNAUTHENTICATED` error code."""
+        return cls(graphql_codes=frozenset(codes))
+
+    @classmethod
+    def preset(cls, name: str) -> ExpiryRule:
+        """A named preset (`rfc6750`, `mercadolibre`, `graphql`)."""
+        try:
+            return PRESETS[name]()
+        except KeyError:
+            known = ", ".join(sorted(PRESETS))
+            raise ValueError(f"unknown expiry rule preset {name!r} (known: {known})") from None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ExpiryRule:
+        """Build a rule from a config table, e.g. `{"preset": "mercadolibre"}` or
+        `{"statuses": [401, 419], "body_contains": ["token expired"]}`; keys given next to a
+        preset override it. Unknown keys and wrongly typed values raise `ValueError`, so a typo
+        in a config file fails at load time instead of silently never matching."""
+        settings = dict(config)
+        preset = settings.pop("preset", None)
+        base = cls.preset(preset) if preset is not None else cls()
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"unknown expiry rule keys: {', '.join(unknown)}")
+        return replace(base, **{name: _CONVERT[name](name, v) for name, v in settings.items()})
+
+    # -- matching -------------------------------------------------------------------------------
     @property
     def inspects_body(self) -> bool:
+        """Whether a status match must be confirmed by the body."""
         return bool(self.body_contains or self.json_fields)
+
+    def may_match(self, status: int, headers: _Headers) -> bool:
+        """A cheap pre-check on status and headers, so the hot path reads no body."""
+        return (
+            status in self.statuses
+            or (bool(self.graphql_codes) and status in self.graphql_statuses)
+            or bool(headers.get("www-authenticate") or headers.get("WWW-Authenticate"))
+        )
 
     def needs_body(self, status: int) -> bool:
         """Whether `matches` must see the body of an answer with this status."""
-        return self.inspects_body and status in self.statuses
+        return (self.inspects_body and status in self.statuses) or (
+            bool(self.graphql_codes) and status in self.graphql_statuses
+        )
 
     def matches(self, status: int, headers: _Headers, body: bytes | None = None) -> bool:
         """True when the answer means the token expired or was revoked."""
@@ -61,6 +152,8 @@ class ExpiryRule:
         if error == "insufficient_scope":
             return False
         if error is not None and error in self.www_authenticate_errors:
+            return True
+        if self._graphql_applies(status, body) and self._graphql_matches(body or b""):
             return True
         if status not in self.statuses:
             return False
@@ -74,10 +167,64 @@ class ExpiryRule:
             return True
         if not self.json_fields:
             return False
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            return False
-        return isinstance(payload, dict) and any(
-            payload.get(name) == value for name, value in self.json_fields.items()
-        )
+        payload = _json(text)
+        return any(_lookup(payload, name) == value for name, value in self.json_fields.items())
+
+    def _graphql_applies(self, status: int, body: bytes | None) -> bool:
+        return bool(self.graphql_codes) and status in self.graphql_statuses and body is not None
+
+    def _graphql_matches(self, body: bytes) -> bool:
+        return bool(_graphql_codes(_json(body.decode("utf-8", "replace"))) & self.graphql_codes)
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+# -- config conversion --------------------------------------------------------------------------
+def _ints(name: str, value: Any) -> frozenset[int]:
+    items = _list(name, value)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        raise ValueError(f"expiry rule {name!r} must be a list of integers")
+    return frozenset(items)
+
+
+def _strs(name: str, value: Any) -> tuple[str, ...]:
+    items = _list(name, value)
+    if not all(isinstance(v, str) for v in items):
+        raise ValueError(f"expiry rule {name!r} must be a list of strings")
+    return tuple(items)
+
+
+def _list(name: str, value: Any) -> list[Any]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ValueError(f"expiry rule {name!r} must be a list")
+    return list(value)
+
+
+def _str_map(name: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError(f"expiry rule {name!r} must be a table of strings")
+    return dict(value)
+
+
+_CONVERT: Mapping[str, Callable[[str, Any], Any]] = {
+    "statuses": _ints,
+    "graphql_statuses": _ints,
+    "www_authenticate_errors": lambda n, v: frozenset(_strs(n, v)),
+    "graphql_codes": lambda n, v: frozenset(_strs(n, v)),
+    "body_contains": _strs,
+    "json_fields": _str_map,
+}
+
+#: Named presets for `ExpiryRule.preset()` and `{"preset": ...}` in config.
+PRESETS: Mapping[str, Callable[[], ExpiryRule]] = {
+    "rfc6750": ExpiryRule.rfc6750,
+    "mercadolibre": ExpiryRule.mercadolibre,
+    "graphql": ExpiryRule.graphql,
+}

@@ -2,8 +2,9 @@
 
 One object serves both packages: it subclasses `httpx2.Auth` and, when the `httpx` package is
 installed, `httpx.Auth` too, so `credential.auth` plugs into whichever client a program uses.
-The logic is one sans-I/O generator (`_flow`); `sync_auth_flow` and `async_auth_flow` only
-carry out its steps, with blocking calls or awaits respectively.
+The logic is one sans-I/O generator (`_flow`, shared with the other integrations in
+`_replay.py`); `sync_auth_flow` and `async_auth_flow` only carry out its steps, with blocking
+calls or awaits respectively.
 
 On an answer the credential's `ExpiryRule` calls "expired", the request is replayed once, body
 included, with a token newer than the one that failed (DESIGN.md invariant 3). A streaming body
@@ -18,10 +19,10 @@ from typing import Any
 
 import httpx2
 
-from .. import events
 from ..manager import TokenManager
 from ..rules import ExpiryRule
 from ..token import Token
+from ._replay import INVALIDATE, SEND, TOKEN, NotReplayable, Step, replay_flow
 
 try:
     import httpx as _legacy
@@ -35,10 +36,6 @@ _NOT_READ: tuple[type[Exception], ...] = (httpx2.RequestNotRead,) + (
     (_legacy.RequestNotRead,) if _legacy is not None else ()
 )
 
-# The steps the flow asks its driver to carry out.
-_TOKEN, _SEND, _READ, _INVALIDATE = "token", "send", "read", "invalidate"
-Step = tuple[str, Any]
-
 
 def _replayable(request: Any) -> bool:
     """A request whose body is in memory (or empty) can be sent again; a stream cannot."""
@@ -47,6 +44,27 @@ def _replayable(request: Any) -> bool:
     except _NOT_READ:
         return False
     return True
+
+
+class _HttpxExchange:
+    """How httpx2 / httpx requests and responses look to the shared replay flow."""
+
+    def authorize(self, request: Any, token: Token) -> None:
+        request.headers["Authorization"] = token.authorization
+
+    def status(self, response: Any) -> int:
+        return int(response.status_code)
+
+    def headers(self, response: Any) -> Any:
+        return response.headers
+
+    def prepare_replay(self, request: Any) -> Any:
+        if not _replayable(request):
+            raise NotReplayable("the request body is a stream")
+        return request
+
+
+_EXCHANGE = _HttpxExchange()
 
 
 class TokenAuth(httpx2.Auth, *_LEGACY_BASES):  # type: ignore[misc]
@@ -59,35 +77,8 @@ class TokenAuth(httpx2.Auth, *_LEGACY_BASES):  # type: ignore[misc]
         self.manager = manager
         self.rule = rule or manager.expiry_rule
 
-    def _flow(self, request: Any) -> Generator[Step, Any, None]:
-        token: Token = yield _TOKEN, None
-        request.headers["Authorization"] = token.authorization
-        response = yield _SEND, request
-        status = response.status_code
-        rule = self.rule
-        if status not in rule.statuses and "www-authenticate" not in response.headers:
-            return  # the hot path: nothing to inspect
-        body = None
-        if rule.needs_body(status):
-            yield _READ, response
-            body = response.content
-        if not rule.matches(status, response.headers, body):
-            return
-        key = self.manager.key
-        events.emit(
-            "token.expired_answer",
-            key,
-            fingerprint=token.fingerprint,
-            version=token.version,
-            status=status,
-        )
-        if not _replayable(request):
-            events.emit("request.not_replayed", key, reason="the request body is a stream")
-            return
-        fresh: Token = yield _INVALIDATE, token
-        request.headers["Authorization"] = fresh.authorization
-        events.emit("request.replayed", key, fingerprint=fresh.fingerprint, version=fresh.version)
-        yield _SEND, request
+    def _flow(self, request: Any) -> Generator[Step, Any, Any]:
+        return replay_flow(self.manager.key, self.rule, _EXCHANGE, request)
 
     def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
         flow = self._flow(request)
@@ -97,11 +88,11 @@ class TokenAuth(httpx2.Auth, *_LEGACY_BASES):  # type: ignore[misc]
                 step, arg = flow.send(value)
             except StopIteration:
                 return
-            if step == _SEND:
+            if step == SEND:
                 value = yield arg
-            elif step == _TOKEN:
+            elif step == TOKEN:
                 value = self.manager.token()
-            elif step == _INVALIDATE:
+            elif step == INVALIDATE:
                 value = self.manager.invalidate(arg)
             else:
                 value = arg.read()
@@ -114,11 +105,11 @@ class TokenAuth(httpx2.Auth, *_LEGACY_BASES):  # type: ignore[misc]
                 step, arg = flow.send(value)
             except StopIteration:
                 return
-            if step == _SEND:
+            if step == SEND:
                 value = yield arg
-            elif step == _TOKEN:
+            elif step == TOKEN:
                 value = await self.manager.atoken()
-            elif step == _INVALIDATE:
+            elif step == INVALIDATE:
                 value = await self.manager.ainvalidate(arg)
             else:
                 value = await arg.aread()

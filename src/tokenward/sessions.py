@@ -1,0 +1,520 @@
+"""Session-scoped tokens (the HeyGen pattern, DESIGN.md U3).
+
+Some providers hand out a short-lived token per session: HeyGen's `streaming.create_token`
+token is valid for exactly one streaming session. Such a token must never come from a cache,
+must stay bound to the session it was minted for, and must be forgotten when the session ends.
+
+    sessions = Sessions(source, base_url="https://api.heygen.com", hooks=HeyGenStreaming())
+    with sessions.session() as s:            # or: async with sessions.session() as s:
+        s.client.post("/v1/streaming.task", json={"session_id": s.id, "text": "hi"})
+        browser_gets(s.token.access_token)
+
+Every session mints its own token straight from the source (no manager, no store: nothing to
+reuse), gets an httpx2 client bound to it, and runs the optional `SessionHooks` to start the
+upstream session, keep it alive on a ticker, and stop it. A session that raises inside its block
+is stopped on the way out; one that is abandoned (never closed, then garbage-collected or left
+at interpreter exit) is stopped by a finalizer, within `stop_timeout`, so upstream sessions
+(which count against a concurrency quota) never leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx2
+
+from . import events
+from .errors import TokenwardError
+from .flow import mint_flow, run, run_async
+from .retry import RetryPolicy
+from .sources.base import Source
+from .token import Token
+from .transport import DEFAULT_TIMEOUT
+
+__all__ = [
+    "AsyncSession",
+    "HeyGenStreaming",
+    "Session",
+    "SessionClosed",
+    "SessionHooks",
+    "SessionState",
+    "Sessions",
+    "TokenReused",
+]
+
+
+class SessionClosed(TokenwardError):
+    """The session has ended: its token is forgotten and must not be used again."""
+
+
+class TokenReused(TokenwardError):
+    """The source returned a token already handed to an earlier session (never passed on)."""
+
+
+@dataclass
+class SessionState:
+    """What hooks see of a session. Holds no reference to the `Session` object itself, so an
+    abandoned session can be garbage-collected and its finalizer still stop it upstream."""
+
+    key: str
+    token: Token
+    client: Any  # httpx2.Client, or httpx2.AsyncClient in an async session
+    base_url: str
+    #: The upstream session id, set by `SessionHooks.start` (HeyGen: `session_id`).
+    upstream_id: str | None = None
+    #: Whatever else the start hook wants to keep (HeyGen: media url, access token, limits).
+    info: dict[str, Any] = field(default_factory=dict, repr=False)
+    closed: bool = False
+
+
+class SessionHooks:
+    """The upstream lifecycle of a session; override what the provider needs. Sync methods
+    serve `with` sessions, async ones `async with` sessions; the finalizer of an abandoned
+    session of either kind uses the sync `stop` (with a temporary client), as no event loop
+    may be running by then."""
+
+    #: Seconds between keep-alive calls while a session is open (None: no ticker).
+    keep_alive_interval: float | None = None
+
+    def start(self, state: SessionState) -> None:
+        """Open the upstream session (called once the token is minted)."""
+
+    def stop(self, state: SessionState) -> None:
+        """Close the upstream session."""
+
+    def keep_alive(self, state: SessionState) -> None:
+        """Tell the provider the session is still in use."""
+
+    async def astart(self, state: SessionState) -> None:
+        """`start` for async sessions."""
+
+    async def astop(self, state: SessionState) -> None:
+        """`stop` for async sessions."""
+
+    async def akeep_alive(self, state: SessionState) -> None:
+        """`keep_alive` for async sessions."""
+
+
+class HeyGenStreaming(SessionHooks):
+    """HeyGen streaming avatar: `streaming.new` on start, `streaming.keep_alive` on the ticker,
+    `streaming.stop` on close (paths relative to the session's `base_url`)."""
+
+    def __init__(
+        self,
+        *,
+        keep_alive_interval: float | None = 30.0,
+        new_body: Mapping[str, Any] | None = None,
+        start_stream: bool = True,
+    ) -> None:
+        self.keep_alive_interval = keep_alive_interval
+        self.new_body = dict(new_body or {})
+        self.start_stream = start_stream
+
+    def start(self, state: SessionState) -> None:
+        self._opened(state, _ok(state.client.post("/v1/streaming.new", json=self.new_body)))
+        if self.start_stream:
+            _ok(state.client.post("/v1/streaming.start", json=self._ref(state)))
+
+    async def astart(self, state: SessionState) -> None:
+        answer = await state.client.post("/v1/streaming.new", json=self.new_body)
+        self._opened(state, _ok(answer))
+        if self.start_stream:
+            _ok(await state.client.post("/v1/streaming.start", json=self._ref(state)))
+
+    def stop(self, state: SessionState) -> None:
+        if state.upstream_id is not None:
+            _ok(state.client.post("/v1/streaming.stop", json=self._ref(state)))
+
+    async def astop(self, state: SessionState) -> None:
+        if state.upstream_id is not None:
+            _ok(await state.client.post("/v1/streaming.stop", json=self._ref(state)))
+
+    def keep_alive(self, state: SessionState) -> None:
+        _ok(state.client.post("/v1/streaming.keep_alive", json=self._ref(state)))
+
+    async def akeep_alive(self, state: SessionState) -> None:
+        _ok(await state.client.post("/v1/streaming.keep_alive", json=self._ref(state)))
+
+    @staticmethod
+    def _ref(state: SessionState) -> dict[str, Any]:
+        return {"session_id": state.upstream_id}
+
+    @staticmethod
+    def _opened(state: SessionState, answer: httpx2.Response) -> None:
+        data = answer.json().get("data") or {}
+        state.upstream_id = data.get("session_id")
+        state.info = {k: v for k, v in data.items() if k != "session_id"}
+
+
+def _ok(answer: httpx2.Response) -> httpx2.Response:
+    answer.raise_for_status()
+    return answer
+
+
+# -- keep-alive tickers -------------------------------------------------------------------------
+class _Ticker:
+    """Calls the keep-alive hook every `interval` seconds until stopped, in a daemon thread
+    (sync sessions) or a task (async sessions). Failures are events, never exceptions: a missed
+    keep-alive must not break the caller's work."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start_thread(self, hooks: SessionHooks, state: SessionState, interval: float) -> None:
+        def tick() -> None:
+            while not self._stop.wait(interval):
+                _quietly(state.key, "keep_alive", lambda: hooks.keep_alive(state))
+
+        threading.Thread(target=tick, name=f"tokenward-session-{state.key}", daemon=True).start()
+
+    def start_task(self, hooks: SessionHooks, state: SessionState, interval: float) -> None:
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await hooks.akeep_alive(state)
+                except Exception as exc:
+                    _failed(state.key, "keep_alive", exc)
+
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(tick())
+
+    def stop(self) -> None:
+        """Thread-safe: a finalizer may run on any thread, after the loop has closed."""
+        self._stop.set()
+        task, loop = self._task, self._loop
+        if task is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+
+
+def _failed(key: str, what: str, exc: BaseException) -> None:
+    # The exception type only: a provider's error text may quote a token.
+    events.emit("session.hook_failed", key, hook=what, error=type(exc).__name__)
+
+
+def _quietly(key: str, what: str, call: Callable[[], Any]) -> None:
+    try:
+        call()
+    except Exception as exc:
+        _failed(key, what, exc)
+
+
+def _stop_within(hooks: SessionHooks, state: SessionState, timeout: float) -> None:
+    """Run the sync stop hook in a helper thread, waiting at most `timeout` seconds (a
+    finalizer must never hang the garbage collector or interpreter exit)."""
+    worker = threading.Thread(
+        target=_quietly, args=(state.key, "stop", lambda: hooks.stop(state)), daemon=True
+    )
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        events.emit("session.hook_failed", state.key, hook="stop", error="timeout")
+
+
+def _finalize(
+    hooks: SessionHooks, state: SessionState, ticker: _Ticker, timeout: float, abandoned: bool
+) -> None:
+    """End a session: stop the ticker and the upstream session, forget the token. Called by
+    `Session.close()`, or by the garbage collector / at exit for an abandoned session."""
+    ticker.stop()
+    if abandoned:
+        events.emit("session.abandoned", state.key, fingerprint=state.token.fingerprint)
+    if isinstance(state.client, httpx2.Client) and not state.client.is_closed:
+        _stop_within(hooks, state, timeout)
+        state.client.close()
+    else:  # an async session without a loop: stop through a temporary sync client
+        with _bound_client(httpx2.Client, state.base_url, state.token, timeout) as client:
+            stand_in = SessionState(
+                state.key, state.token, client, state.base_url, state.upstream_id, state.info
+            )
+            _stop_within(hooks, stand_in, timeout)
+    _forget(state)
+
+
+def _forget(state: SessionState) -> None:
+    if not state.closed:
+        state.closed = True
+        state.client = None
+        events.emit("session.closed", state.key, fingerprint=state.token.fingerprint)
+
+
+def _bound_client(
+    kind: Any, base_url: str, token: Token | None, timeout: Any, transport: Any = None
+) -> Any:
+    headers = {"Authorization": token.authorization} if token is not None else {}
+    return kind(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+
+
+class _SharedTransport(httpx2.BaseTransport):
+    """One connection pool for all sync sessions: creating a client with its own pool costs
+    tens of milliseconds (TLS context), too much per session. Closing a session's client must
+    not close the pool, so `close` is a no-op here (`Sessions.close()` closes the pool)."""
+
+    def __init__(self) -> None:
+        self.pool = httpx2.HTTPTransport()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        return self.pool.handle_request(request)
+
+    def close(self) -> None:
+        pass
+
+
+class _SharedAsyncTransport(httpx2.AsyncBaseTransport):
+    """`_SharedTransport` for async sessions: one pool per event loop."""
+
+    def __init__(self) -> None:
+        self.pool = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        return await self.pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        pass
+
+
+# -- sessions -----------------------------------------------------------------------------------
+class _BaseSession:
+    """What sync and async sessions share. The finalizer is registered on the session object
+    but holds only its state, hooks and ticker, so dropping the session triggers it."""
+
+    def __init__(self, state: SessionState, hooks: SessionHooks, timeout: float) -> None:
+        self._state = state
+        self._hooks = hooks
+        self._ticker = _Ticker()
+        self._stop_timeout = timeout
+        self._finalizer = weakref.finalize(
+            self, _finalize, hooks, state, self._ticker, timeout, True
+        )
+
+    @property
+    def token(self) -> Token:
+        """This session's token (never handed to another session)."""
+        if self._state.closed:
+            raise SessionClosed(f"session of {self._state.key!r} is closed; its token is gone")
+        return self._state.token
+
+    @property
+    def id(self) -> str | None:
+        """The upstream session id, if the start hook set one."""
+        return self._state.upstream_id
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self._state.info
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
+    def __repr__(self) -> str:
+        state = self._state
+        shown = "closed" if state.closed else state.token.fingerprint
+        return f"{type(self).__name__}({state.key!r}, token={shown!r})"
+
+
+class Session(_BaseSession):
+    """A sync session: `token`, `client` (an `httpx2.Client` bound to the token), `id`."""
+
+    @property
+    def client(self) -> httpx2.Client:
+        if self._state.closed:
+            raise SessionClosed(f"session of {self._state.key!r} is closed")
+        return self._state.client  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stop the keep-alive ticker and the upstream session; forget the token. Idempotent."""
+        self._finalizer.detach()
+        if not self._state.closed:
+            _finalize(self._hooks, self._state, self._ticker, self._stop_timeout, False)
+
+
+class AsyncSession(_BaseSession):
+    """An async session: `token`, `client` (an `httpx2.AsyncClient` bound to it), `id`."""
+
+    @property
+    def client(self) -> httpx2.AsyncClient:
+        if self._state.closed:
+            raise SessionClosed(f"session of {self._state.key!r} is closed")
+        return self._state.client  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        """`close()` for async sessions: the stop hook is awaited, within the stop timeout."""
+        if not self._finalizer.detach():
+            return
+        state = self._state
+        self._ticker.stop()
+        try:
+            await asyncio.wait_for(self._hooks.astop(state), self._stop_timeout)
+        except Exception as exc:  # TimeoutError included: the session must still end here
+            _failed(state.key, "stop", exc)
+        finally:
+            await state.client.aclose()
+            _forget(state)
+
+
+_S = TypeVar("_S", Session, AsyncSession)
+
+
+class Sessions:
+    """Opens session-scoped credentials: a freshly minted token per session.
+
+    `source` is how a token is minted (e.g. `ApiKeyExchange` for HeyGen); `base_url` is where
+    the session's client points; `hooks` start, keep alive and stop the upstream session.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        key: str = "session",
+        base_url: str = "",
+        hooks: SessionHooks | None = None,
+        retry: RetryPolicy | None = None,
+        stop_timeout: float = 5.0,
+        timeout: httpx2.Timeout | float = DEFAULT_TIMEOUT,
+        remember: int = 100_000,
+    ) -> None:
+        self.source = source
+        self.key = key
+        self.base_url = base_url
+        self.hooks = hooks or SessionHooks()
+        self._retry = retry or RetryPolicy()
+        self._stop_timeout = stop_timeout
+        self._timeout = timeout
+        self._remember = remember
+        self._issued: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._transport = _SharedTransport()
+        self._atransports: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, _SharedAsyncTransport
+        ] = weakref.WeakKeyDictionary()
+
+    def session(self) -> _Scope:
+        """`with sessions.session() as s:` or `async with sessions.session() as s:`."""
+        return _Scope(self)
+
+    def open(self) -> Session:
+        """Mint a token and start a session; the caller must `close()` it (or a finalizer will
+        stop it when it is garbage-collected)."""
+        client = _bound_client(httpx2.Client, self.base_url, None, self._timeout, self._transport)
+        try:
+            token = self._fresh(run(mint_flow(self.source, self.key, self._retry), None, client))
+        except BaseException:
+            client.close()
+            raise
+        session = self._new(Session, token, client)
+        self._started(session, lambda state: self.hooks.start(state))
+        return session
+
+    async def aopen(self) -> AsyncSession:
+        """`open()` for asyncio code."""
+        client = _bound_client(
+            httpx2.AsyncClient, self.base_url, None, self._timeout, self._atransport()
+        )
+        try:
+            flow = mint_flow(self.source, self.key, self._retry)
+            token = self._fresh(await run_async(flow, None, client))
+        except BaseException:
+            await client.aclose()
+            raise
+        session = self._new(AsyncSession, token, client)
+        try:
+            await self.hooks.astart(session._state)
+        except BaseException:
+            await session.aclose()  # a half-opened upstream session is stopped too
+            raise
+        self._tick(session, async_=True)
+        return session
+
+    def close(self) -> None:
+        """Close the shared sync connection pool (open sessions keep working until closed)."""
+        self._transport.pool.close()
+
+    # -- internals ------------------------------------------------------------------------------
+    def _atransport(self) -> _SharedAsyncTransport:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            transport = self._atransports.get(loop)
+            if transport is None:
+                transport = self._atransports[loop] = _SharedAsyncTransport()
+        return transport
+
+    def _fresh(self, token: Token) -> Token:
+        """Refuse a token an earlier session already had (a source bug or a replayed answer)."""
+        with self._lock:
+            if token.fingerprint in self._issued:
+                events.emit("session.token_reused", self.key, fingerprint=token.fingerprint)
+                raise TokenReused(f"{self.key!r}: the source returned a token already used")
+            self._issued[token.fingerprint] = None
+            while len(self._issued) > self._remember:
+                self._issued.popitem(last=False)
+        return token
+
+    def _new(self, kind: type[_S], token: Token, client: Any) -> _S:
+        client.headers["Authorization"] = token.authorization
+        state = SessionState(self.key, token, client, self.base_url)
+        session = kind(state, self.hooks, self._stop_timeout)
+        events.emit("session.opened", self.key, fingerprint=token.fingerprint)
+        return session
+
+    def _started(self, session: Session, start: Callable[[SessionState], None]) -> None:
+        try:
+            start(session._state)
+        except BaseException:
+            session.close()  # a half-opened upstream session is stopped too
+            raise
+        self._tick(session, async_=False)
+
+    def _tick(self, session: _BaseSession, *, async_: bool) -> None:
+        interval = self.hooks.keep_alive_interval
+        if interval is None or interval <= 0:
+            return
+        if async_:
+            session._ticker.start_task(self.hooks, session._state, interval)
+        else:
+            session._ticker.start_thread(self.hooks, session._state, interval)
+
+    def __repr__(self) -> str:
+        return f"Sessions({self.key!r}, source={self.source.describe()})"
+
+
+class _Scope:
+    """The object `Sessions.session()` returns: a sync and an async context manager."""
+
+    def __init__(self, sessions: Sessions) -> None:
+        self._sessions = sessions
+        self._sync: Session | None = None
+        self._async: AsyncSession | None = None
+
+    def __enter__(self) -> Session:
+        self._sync = self._sessions.open()
+        return self._sync
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if self._sync is not None:
+            self._sync.close()
+
+    async def __aenter__(self) -> AsyncSession:
+        self._async = await self._sessions.aopen()
+        return self._async
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._async is not None:
+            await self._async.aclose()
