@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import os
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -121,6 +122,7 @@ class TokenManager:
         self._background_pending = False
         self._retry_not_before = 0.0
         self._client: httpx2.Client | None = None
+        self._ssl_context: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresher: threading.Thread | None = None
         self._refresher_task: asyncio.Task[None] | None = None
@@ -301,8 +303,11 @@ class TokenManager:
                 try:
                     loop = asyncio.get_running_loop()
                 except RuntimeError:
+                    # Not a daemon: a program that exits while this refresh is in flight waits
+                    # for it, instead of dying after the provider rotated the refresh token and
+                    # before the new one was stored (which would need a new login).
                     threading.Thread(
-                        target=self._background_refresh, args=(hot.token,), daemon=True
+                        target=self._background_refresh, args=(hot.token,), daemon=False
                     ).start()
                 else:
                     self._spawn(loop, self._abackground_refresh(hot.token))
@@ -359,12 +364,20 @@ class TokenManager:
             flight.set_result(token)
 
     def _accepts(self, token: Token, seen: Token | None, force: bool) -> bool:
-        """A flight's result answers our request unless we needed something newer than `seen`."""
+        """A joined flight's result answers our request unless we needed something newer than
+        `seen`. The result of a flight we led always does: the source was asked on our behalf,
+        and a provider may well hand out the same access token again."""
         return not force or seen is None or token.access_token != seen.access_token
+
+    def _ssl(self) -> ssl.SSLContext:
+        """One TLS context for every client: building one costs ~50 ms of CPU (the CA bundle)."""
+        if self._ssl_context is None:
+            self._ssl_context = httpx2.create_ssl_context()
+        return self._ssl_context
 
     def _sync_client(self) -> httpx2.Client:
         if self._client is None:
-            self._client = httpx2.Client(timeout=self._timeout)
+            self._client = httpx2.Client(timeout=self._timeout, verify=self._ssl())
         return self._client
 
     def _refresh(self, seen: Token | None, force: bool) -> Token:
@@ -373,7 +386,7 @@ class TokenManager:
             if leader:
                 self._lead(flight, seen, force)
             token = flight.result()
-            if self._accepts(token, seen, force):
+            if leader or self._accepts(token, seen, force):
                 return token
         return token
 
@@ -395,15 +408,21 @@ class TokenManager:
             if leader:
                 self._spawn(asyncio.get_running_loop(), self._alead(flight, seen, force))
             token = await asyncio.shield(asyncio.wrap_future(flight))
-            if self._accepts(token, seen, force):
+            if leader or self._accepts(token, seen, force):
                 return token
         return token
 
     async def _alead(
         self, flight: concurrent.futures.Future[Token], seen: Token | None, force: bool
     ) -> None:
+        if self.source.rotating:
+            # A rotated refresh token must be stored even if this event loop shuts down mid-
+            # refresh (asyncio.run cancels every task, which would drop the provider's answer):
+            # lead on a worker thread, which runs to completion and which asyncio.run joins.
+            await asyncio.to_thread(self._lead, flight, seen, force)
+            return
         try:
-            async with httpx2.AsyncClient(timeout=self._timeout) as client:
+            async with httpx2.AsyncClient(timeout=self._timeout, verify=self._ssl()) as client:
                 flow = refresh_flow(self._context(), seen, force)
                 token = await run_async(flow, self.store, client)
         except BaseException as exc:
@@ -424,10 +443,26 @@ class TokenManager:
         while not self._stop.wait(min(self._next_wake(), 60.0)):
             if self._next_wake() > 0:
                 continue
+            # The loop is a daemon thread (it never ends by itself); each refresh runs in a
+            # non-daemon thread so that interpreter exit waits for one in flight (see
+            # `_serve_while_refreshing`).
+            worker = threading.Thread(
+                target=self._refresh_or_pause,
+                args=(self._hot.token if self._hot else None,),
+                name=f"tokenward-{self.key}-refresh",
+                daemon=False,  # explicit: a thread started by a daemon thread inherits it
+            )
             try:
-                self._refresh(self._hot.token if self._hot else None, force=False)
-            except Exception:  # reported as an event; try again after a pause
-                self._retry_not_before = time.time() + self.policy.failure_pause
+                worker.start()
+            except RuntimeError:  # the interpreter is shutting down
+                return
+            worker.join()
+
+    def _refresh_or_pause(self, seen: Token | None) -> None:
+        try:
+            self._refresh(seen, force=False)
+        except Exception:  # reported as an event; try again after a pause
+            self._retry_not_before = time.time() + self.policy.failure_pause
 
     async def _arefresher_loop(self) -> None:
         while not self._stop.is_set():
