@@ -73,6 +73,8 @@ def replay_flow(
         replay = exchange.prepare_replay(request)
     except NotReplayable as exc:
         events.emit("request.not_replayed", key, reason=str(exc))
+        # Still retire the rejected token, so that the caller's next request gets a newer one.
+        yield INVALIDATE, token
         return response
     fresh: Token = yield INVALIDATE, token
     exchange.authorize(replay, fresh)
