@@ -7,17 +7,21 @@ kind's name, so factories must be plain module-level functions of a directory.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import multiprocessing
 import os
 import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -55,14 +59,107 @@ def _sqlite(directory: Path) -> Store:
     return SQLiteStore(directory / "tokens.db")
 
 
+# Network stores: each test gets its own key prefix / schema, named after its temporary
+# directory so that worker processes (which get the directory) land in the same one. What a test
+# created is removed after it. An unreachable server skips these tests, except under CI=true,
+# where it fails them: CI must run them.
+REDIS_URL = os.environ.get("TOKENWARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "TOKENWARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_REACHABLE: dict[str, str | None] = {}  # server -> None when reachable, else why not
+_REDIS_PREFIXES: set[str] = set()
+_POSTGRES_SCHEMAS: set[str] = set()
+
+
+def _unreachable(reason: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the network store tests must run)")
+    pytest.skip(reason)
+
+
+def _require(server: str) -> None:
+    if server not in _REACHABLE:
+        try:
+            if server == "redis":
+                import redis
+
+                client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+                client.ping()
+                client.close()
+            else:
+                import psycopg
+
+                psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
+            _REACHABLE[server] = None
+        except Exception as exc:  # ImportError too: the extra is not installed
+            _REACHABLE[server] = f"{type(exc).__name__}: {exc}".strip()
+    reason = _REACHABLE[server]
+    if reason is not None:
+        _unreachable(f"{server} is not reachable for the store tests: {reason}")
+
+
+def _isolated_name(directory: Path) -> str:
+    return "tw_test_" + hashlib.sha256(str(directory).encode()).hexdigest()[:16]
+
+
+def _redis(directory: Path) -> Store:
+    _require("redis")
+    from tokenward.stores.redis import RedisStore
+
+    prefix = _isolated_name(directory) + ":"
+    _REDIS_PREFIXES.add(prefix)
+    return RedisStore(REDIS_URL, prefix=prefix)
+
+
+def _postgres(directory: Path) -> Store:
+    _require("postgres")
+    from tokenward.stores.postgres import PostgresStore
+
+    schema = _isolated_name(directory)
+    _POSTGRES_SCHEMAS.add(schema)
+    return PostgresStore(POSTGRES_URL, schema=schema)
+
+
+def _drop_redis_prefix(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def _drop_postgres_schema(schema: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(autouse=True)
+def _clean_network_stores() -> Iterator[None]:
+    yield
+    while _REDIS_PREFIXES:
+        _drop_redis_prefix(_REDIS_PREFIXES.pop())
+    while _POSTGRES_SCHEMAS:
+        _drop_postgres_schema(_POSTGRES_SCHEMAS.pop())
+
+
 STORE_KINDS: dict[str, Callable[[Path], Store]] = {
     "memory": _memory,
     "json": _json,
     "dotenv": _dotenv,
     "sqlite": _sqlite,
+    "redis": _redis,
+    "postgres": _postgres,
 }
 #: Stores that several processes can share.
-SHARED_KINDS = ["json", "dotenv", "sqlite"]
+SHARED_KINDS = ["json", "dotenv", "sqlite", "redis", "postgres"]
+#: Stores kept in local files.
+FILE_KINDS = ["json", "dotenv", "sqlite"]
 
 
 @pytest.fixture(params=list(STORE_KINDS))
@@ -213,6 +310,54 @@ def test_repr_names_location_not_secrets(store: Store) -> None:
     store.compare_and_set(record, 0)
     assert store.location in repr(store)
     assert record.access_token is not None and record.access_token not in repr(store)
+
+
+async def _async_contract(store: Store, key: str) -> None:
+    assert await store.aload(key) is None
+    assert await store.acompare_and_set(Record(key, 1, access_token="a1"), 0)
+    assert not await store.acompare_and_set(Record(key, 1, access_token="lost"), 0)
+    loaded = await store.aload(key)
+    assert loaded is not None and loaded.access_token == "a1"
+    assert await store.acompare_and_set(loaded.successor(access_token="a2"), 1)
+    assert not await store.acompare_and_set(loaded.successor(access_token="lost"), 1)
+    assert key in await store.akeys()
+    assert await store.akeys(key) == [key]
+    assert await store.aacquire_lease(key, "a", 30)
+    assert not await store.aacquire_lease(key, "b", 30)
+    assert await store.arenew_lease(key, "a", 30)
+    assert not await store.arenew_lease(key, "b", 30)
+    assert not await store.arelease_lease(key, "b")
+    assert await store.arelease_lease(key, "a")
+    assert await store.aacquire_lease(key, "b", 30)
+    assert await store.adelete(key)
+    assert not await store.adelete(key)
+    assert await store.aload(key) is None
+    assert await store.aacquire_lease(key, "c", 30)  # the lease went with the record
+    assert await store.arelease_lease(key, "c")
+
+
+def test_async_api_from_several_event_loops(store: Store) -> None:
+    asyncio.run(_async_contract(store, "loop-1"))
+    asyncio.run(_async_contract(store, "loop-2"))  # a new loop: native clients are per loop
+    assert store.load("loop-1") is None
+
+
+async def test_async_tasks_lose_no_update(store: Store) -> None:
+    assert await store.acompare_and_set(Record("counter", 1, extra={"count": 0}), 0)
+
+    async def work() -> None:
+        for _ in range(10):
+            while True:
+                current = await store.aload("counter")
+                assert current is not None
+                bumped = current.successor(extra={"count": current.extra["count"] + 1})
+                if await store.acompare_and_set(bumped, current.version):
+                    break
+
+    await asyncio.gather(*(work() for _ in range(10)))
+    final = await store.aload("counter")
+    assert final is not None and (final.extra["count"], final.version) == (100, 101)
+    await store.aclose()
 
 
 # --- several processes ----------------------------------------------------------------------
@@ -614,7 +759,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@pytest.mark.parametrize("kind", SHARED_KINDS)
+@pytest.mark.parametrize("kind", FILE_KINDS)
 def test_new_files_are_private(kind: str, tmp_path: Path) -> None:
     directory = tmp_path / "nested" / "dir"
     store = STORE_KINDS[kind](directory)
@@ -636,7 +781,7 @@ def test_json_file_is_made_private_again(tmp_path: Path) -> None:
 
 
 def test_no_temp_files_left_behind(tmp_path: Path) -> None:
-    for kind in SHARED_KINDS:
+    for kind in FILE_KINDS:
         store = STORE_KINDS[kind](tmp_path)
         assert store.compare_and_set(Record("k", 1), 0)
         store.close()
@@ -668,18 +813,142 @@ def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_open_store_rejects_unknown_schemes(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError) as caught:
-        open_store("redis://localhost:6379/0")
-    assert "'redis'" in str(caught.value)
-    for scheme in ["memory://", "sqlite://", "file://", "dotenv://"]:
+        open_store("mongodb://localhost:27017/0")
+    assert "'mongodb'" in str(caught.value)
+    for scheme in ["memory://", "sqlite://", "file://", "dotenv://", "redis://", "postgresql://"]:
         assert scheme in str(caught.value)
     with pytest.raises(ValueError, match="not a store URL"):
         open_store("tokens.db")
     with pytest.raises(ValueError, match="no path"):
         open_store("sqlite://")
 
-    monkeypatch.setitem(SCHEMES, "redis", lambda url: MemoryStore())
-    assert isinstance(open_store("redis://localhost:6379/0"), MemoryStore)
-    monkeypatch.delitem(SCHEMES, "redis")
+    monkeypatch.setitem(SCHEMES, "mongodb", lambda url: MemoryStore())
+    assert isinstance(open_store("mongodb://localhost:27017/0"), MemoryStore)
+    monkeypatch.delitem(SCHEMES, "mongodb")
     register_scheme("Custom", lambda url: MemoryStore())
     assert isinstance(open_store("custom://x"), MemoryStore)
     del SCHEMES["custom"]
+
+
+# --- network stores -------------------------------------------------------------------------
+
+
+def test_open_store_network_urls(tmp_path: Path) -> None:
+    _require("redis")
+    _require("postgres")
+    from tokenward.stores import PostgresStore, RedisStore
+
+    name = _isolated_name(tmp_path)
+    _REDIS_PREFIXES.add(name + ":")
+    _POSTGRES_SCHEMAS.add(name)
+    redis_store = open_store(f"{REDIS_URL}?prefix={name}:")
+    assert isinstance(redis_store, RedisStore) and redis_store.prefix == name + ":"
+    pg_store = open_store(f"{POSTGRES_URL}?schema={name}")
+    assert isinstance(pg_store, PostgresStore) and pg_store.schema == name
+    for store in (redis_store, pg_store):
+        assert store.compare_and_set(Record("k", 1, access_token="t"), 0)
+        assert name in store.location
+        store.close()
+
+
+UNREACHABLE = [
+    ("redis", "redis://someone:hunter2-SECRET@127.0.0.1:1/0"),
+    ("postgres", "postgresql://someone:hunter2-SECRET@127.0.0.1:1/test"),
+]
+
+
+@pytest.mark.parametrize(("server", "url"), UNREACHABLE, ids=[s for s, _ in UNREACHABLE])
+def test_unreachable_server_error_names_url_not_password(server: str, url: str) -> None:
+    """No server needed: nothing listens on port 1."""
+    pytest.importorskip("redis" if server == "redis" else "psycopg_pool")
+    store = open_store(url)
+    assert "hunter2" not in store.location and "hunter2" not in repr(store)
+    with pytest.raises(StoreError) as caught:
+        store.load("k")
+    message = str(caught.value)
+    assert "127.0.0.1:1" in message or "port 1" in message
+    assert "someone@127.0.0.1:1" in message
+    assert "hunter2" not in message
+    store.close()
+
+
+async def test_unreachable_server_async(tmp_path: Path) -> None:
+    pytest.importorskip("redis")
+    pytest.importorskip("psycopg_pool")
+    for _, url in UNREACHABLE:
+        store = open_store(url)
+        with pytest.raises(StoreError) as caught:
+            await store.aload("k")
+        assert "hunter2" not in str(caught.value)
+        await store.aclose()
+
+
+def test_postgres_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
+    _require("postgres")
+    import psycopg
+    from psycopg import sql
+
+    from tokenward.stores.postgres import LATEST, PostgresStore
+
+    schema = _isolated_name(tmp_path)
+    _POSTGRES_SCHEMAS.add(schema)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def first_use(index: int) -> None:
+        store = PostgresStore(POSTGRES_URL, schema=schema)
+        try:
+            barrier.wait()
+            assert store.compare_and_set(Record(f"k{index}", 1), 0)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=first_use, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with psycopg.connect(POSTGRES_URL) as conn:
+        query = sql.SQL("SELECT version FROM {}.schema_migrations ORDER BY version")
+        rows = conn.execute(query.format(sql.Identifier(schema))).fetchall()
+    assert [row[0] for row in rows] == list(range(1, LATEST + 1))
+
+
+def test_postgres_newer_schema_is_refused(tmp_path: Path) -> None:
+    _require("postgres")
+    import psycopg
+    from psycopg import sql
+
+    store = _postgres(tmp_path)
+    assert store.compare_and_set(Record("k", 1), 0)
+    store.close()
+    schema = _isolated_name(tmp_path)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        query = sql.SQL("INSERT INTO {}.schema_migrations (version) VALUES (99)")
+        conn.execute(query.format(sql.Identifier(schema)))
+    newer = _postgres(tmp_path)
+    with pytest.raises(StoreCorrupted, match="upgrade"):
+        newer.load("k")
+    newer.close()
+
+
+def test_redis_keys_come_from_the_index_not_scan(tmp_path: Path) -> None:
+    store = _redis(tmp_path)
+    for key in ["b", "a:2", "a:1", "é"]:
+        assert store.compare_and_set(Record(key, 1), 0)
+    assert store.keys() == ["a:1", "a:2", "b", "é"]
+    assert store.keys("a:") == ["a:1", "a:2"]
+    assert store.delete("a:1")
+    assert store.keys("a") == ["a:2"]
+    store.close()
+
+
+def test_importing_stores_needs_no_network_extras() -> None:
+    code = (
+        "import sys, tokenward.stores; "
+        "assert 'redis' not in sys.modules and 'psycopg' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,13 +7,16 @@ directory otherwise (`sqlite://tokens.db`, `file://tokens.json`, `dotenv://.env`
 expanded and `%xx` escapes are decoded. `memory://` takes nothing.
 
 Network stores register their scheme in `SCHEMES` (their factory receives the whole URL).
+`redis://` / `rediss://` open a `RedisStore` (`?prefix=` sets its key prefix) and
+`postgresql://` / `postgres://` a `PostgresStore` (`?schema=` sets its schema); their modules
+are imported only when such a URL is opened, so the `redis` and `postgres` extras stay optional.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .base import Store
 from .dotenv import DotenvStore
@@ -21,7 +24,7 @@ from .file import JsonFileStore
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
-__all__ = ["SCHEMES", "open_store", "register_scheme", "url_path"]
+__all__ = ["SCHEMES", "open_store", "pop_query", "redact_url", "register_scheme", "url_path"]
 
 StoreFactory = Callable[[str], Store]
 
@@ -33,6 +36,47 @@ def url_path(url: str) -> str:
     if not path:
         raise ValueError(f"store URL {url!r} names no path, e.g. {url.split(':')[0]}://tokens.db")
     return path
+
+
+def redact_url(url: str) -> str:
+    """`url` without its password (in the user part or a `password=` query parameter)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}@{hostport}" if user else hostport
+    query = "&".join(
+        item for item in parts.query.split("&") if item and not item.lower().startswith("password=")
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def pop_query(url: str, name: str) -> tuple[str, str | None]:
+    """`url` without the query parameter `name`, and that parameter's (decoded) value."""
+    parts = urlsplit(url)
+    value: str | None = None
+    kept = []
+    for item in parts.query.split("&"):
+        if item.partition("=")[0] == name:
+            value = unquote(item.partition("=")[2])
+        elif item:
+            kept.append(item)
+    return urlunsplit(parts._replace(query="&".join(kept))), value
+
+
+def _redis(url: str) -> Store:
+    from .redis import RedisStore  # the `redis` extra is optional: imported on use
+
+    url, prefix = pop_query(url, "prefix")
+    return RedisStore(url) if prefix is None else RedisStore(url, prefix=prefix)
+
+
+def _postgres(url: str) -> Store:
+    from .postgres import PostgresStore  # the `postgres` extra is optional: imported on use
+
+    url, schema = pop_query(url, "schema")
+    return PostgresStore(url) if schema is None else PostgresStore(url, schema=schema)
 
 
 def _memory(url: str) -> Store:
@@ -57,6 +101,10 @@ SCHEMES: dict[str, StoreFactory] = {
     "sqlite": _sqlite,
     "file": _file,
     "dotenv": _dotenv,
+    "redis": _redis,
+    "rediss": _redis,
+    "postgresql": _postgres,
+    "postgres": _postgres,
 }
 
 

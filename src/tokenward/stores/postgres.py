@@ -1,0 +1,424 @@
+"""A store in PostgreSQL, shared by every process and machine that reaches the database.
+
+Tables live in their own schema (default `tokenward`), created and migrated on first use.
+Migrations are numbered; each store applies the missing ones inside one transaction that first
+takes `pg_advisory_xact_lock` on a key derived from the schema name, so several processes
+starting at once queue up and only the first does the work. A schema migrated by a newer
+tokenward is refused, never written to.
+
+Every operation is ONE statement on a pooled autocommit connection, so no lock or transaction is
+ever held between calls:
+
+- compare-and-set: `UPDATE ... WHERE key = %s AND version = %s`, or for a new record
+  `INSERT ... ON CONFLICT DO NOTHING`; the row count says who won. The commit is durable when
+  the statement returns (invariant 2, with PostgreSQL's default `synchronous_commit`).
+- leases are rows `(key, owner, expires_at)` timed by the database clock (`now()`), so clients'
+  clocks do not matter. Acquiring is one upsert that only overwrites a lease held by the same
+  owner or already expired; renew and release are owner-checked.
+
+The sync methods use a `psycopg_pool.ConnectionPool`; the async ones an `AsyncConnectionPool`
+per event loop (an async connection belongs to the loop that opened it). Pools are opened on
+first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
+
+from ..errors import StoreCorrupted, StoreError
+from .base import Record, Store, check_successor
+from .file import record_from_data
+from .url import redact_url
+
+__all__ = ["MIGRATIONS", "PostgresStore"]
+
+#: (version, statements): `{s}` is the schema. Append new migrations; never edit old ones.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            "CREATE TABLE {s}.records (key text PRIMARY KEY, version bigint NOT NULL "
+            "CHECK (version >= 1), data jsonb NOT NULL, updated_at double precision NOT NULL)",
+            "CREATE TABLE {s}.leases (key text PRIMARY KEY, owner text NOT NULL, "
+            "expires_at timestamptz NOT NULL)",
+        ],
+    ),
+]
+LATEST = MIGRATIONS[-1][0]
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _lock_id(schema: str) -> int:
+    digest = hashlib.sha256(f"tokenward:migrate:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class _Statements:
+    def __init__(self, schema: str) -> None:
+        def q(text: str) -> sql.Composed:
+            return sql.SQL(text).format(s=sql.Identifier(schema))
+
+        self.registry = sql.Literal(f"{schema}.schema_migrations")
+        self.current = q("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations")
+        self.create_schema = q("CREATE SCHEMA IF NOT EXISTS {s}")
+        self.create_registry = q(
+            "CREATE TABLE IF NOT EXISTS {s}.schema_migrations (version integer PRIMARY KEY, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        self.record_migration = q("INSERT INTO {s}.schema_migrations (version) VALUES (%s)")
+        self.migrations = [(version, [q(s) for s in steps]) for version, steps in MIGRATIONS]
+        self.load = q("SELECT version, data FROM {s}.records WHERE key = %s")
+        self.insert = q(
+            "INSERT INTO {s}.records (key, version, data, updated_at) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (key) DO NOTHING"
+        )
+        self.update = q(
+            "UPDATE {s}.records SET version = %s, data = %s, updated_at = %s "
+            "WHERE key = %s AND version = %s"
+        )
+        self.delete = q(
+            "WITH lease AS (DELETE FROM {s}.leases WHERE key = %s) "
+            "DELETE FROM {s}.records WHERE key = %s"
+        )
+        self.keys = q("SELECT key FROM {s}.records WHERE starts_with(key, %s)")
+        self.acquire = q(
+            "INSERT INTO {s}.leases AS leases (key, owner, expires_at) "
+            "VALUES (%s, %s, now() + make_interval(secs => %s)) "
+            "ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner, "
+            "expires_at = EXCLUDED.expires_at "
+            "WHERE leases.owner = EXCLUDED.owner OR leases.expires_at < now()"
+        )
+        self.renew = q(
+            "UPDATE {s}.leases SET expires_at = now() + make_interval(secs => %s) "
+            "WHERE key = %s AND owner = %s AND expires_at > now()"
+        )
+        self.release = q("DELETE FROM {s}.leases WHERE key = %s AND owner = %s")
+
+
+class PostgresStore(Store):
+    """Records and leases in PostgreSQL.
+
+    `url` is a `postgresql://` URL (or a libpq conninfo string). `timeout` bounds how long an
+    operation waits for a connection; `max_size` caps each pool.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "tokenward",
+        timeout: float = 10.0,
+        max_size: int = 10,
+    ) -> None:
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(
+                f"schema {schema!r} is not a plain SQL identifier (letters, digits, _; max 63)"
+            )
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError:
+            raise ValueError("not a valid PostgreSQL URL or conninfo string") from None
+        password = params.get("password")
+        self._password = str(password) if password else None
+        if "://" in url:
+            self.location = redact_url(url)
+        else:
+            self.location = make_conninfo(
+                "", **{k: v for k, v in params.items() if k != "password"}
+            )
+        if schema != "tokenward":
+            self.location += ("&" if "?" in self.location else "?") + f"schema={schema}"
+        self._url = url
+        self.schema = schema
+        self._timeout = timeout
+        self._max_size = max_size
+        self._sql = _Statements(schema)
+        self._guard = threading.Lock()
+        self._pool: psycopg_pool.ConnectionPool | None = None
+        self._async: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Task[psycopg_pool.AsyncConnectionPool]
+        ] = weakref.WeakKeyDictionary()
+
+    # --- sync API -----------------------------------------------------------------------------
+
+    def load(self, key: str) -> Record | None:
+        with self._errors("read"), self._connection() as conn:
+            row = conn.execute(self._sql.load, (key,)).fetchone()
+        return None if row is None else self._record_of(key, row[0], row[1])
+
+    def compare_and_set(self, record: Record, expected_version: int) -> bool:
+        check_successor(record, expected_version)
+        statement, params = self._cas(record, expected_version)
+        with self._errors("compare-and-set"), self._connection() as conn:
+            return conn.execute(statement, params).rowcount == 1
+
+    def delete(self, key: str) -> bool:
+        with self._errors("delete"), self._connection() as conn:
+            return conn.execute(self._sql.delete, (key, key)).rowcount == 1
+
+    def keys(self, prefix: str = "") -> list[str]:
+        with self._errors("list keys"), self._connection() as conn:
+            rows = conn.execute(self._sql.keys, (prefix,)).fetchall()
+        return sorted(row[0] for row in rows)
+
+    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        with self._errors("acquire lease"), self._connection() as conn:
+            return conn.execute(self._sql.acquire, (key, owner, float(ttl))).rowcount == 1
+
+    def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        with self._errors("renew lease"), self._connection() as conn:
+            return conn.execute(self._sql.renew, (float(ttl), key, owner)).rowcount == 1
+
+    def release_lease(self, key: str, owner: str) -> bool:
+        with self._errors("release lease"), self._connection() as conn:
+            return conn.execute(self._sql.release, (key, owner)).rowcount == 1
+
+    def close(self) -> None:
+        """Close the sync pool; async pools are dropped (`aclose` closes the current loop's)."""
+        self._async.clear()
+        with self._guard:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    # --- async API ----------------------------------------------------------------------------
+
+    async def aload(self, key: str) -> Record | None:
+        with self._errors("read"):
+            pool = await self._apool()
+            async with pool.connection() as conn:
+                row = await (await conn.execute(self._sql.load, (key,))).fetchone()
+        return None if row is None else self._record_of(key, row[0], row[1])
+
+    async def acompare_and_set(self, record: Record, expected_version: int) -> bool:
+        check_successor(record, expected_version)
+        statement, params = self._cas(record, expected_version)
+        return await self._arowcount("compare-and-set", statement, params)
+
+    async def adelete(self, key: str) -> bool:
+        return await self._arowcount("delete", self._sql.delete, (key, key))
+
+    async def akeys(self, prefix: str = "") -> list[str]:
+        with self._errors("list keys"):
+            pool = await self._apool()
+            async with pool.connection() as conn:
+                rows = await (await conn.execute(self._sql.keys, (prefix,))).fetchall()
+        return sorted(row[0] for row in rows)
+
+    async def aacquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        return await self._arowcount("acquire lease", self._sql.acquire, (key, owner, float(ttl)))
+
+    async def arenew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        return await self._arowcount("renew lease", self._sql.renew, (float(ttl), key, owner))
+
+    async def arelease_lease(self, key: str, owner: str) -> bool:
+        return await self._arowcount("release lease", self._sql.release, (key, owner))
+
+    async def aclose(self) -> None:
+        """Close this loop's async pool and the sync pool."""
+        task = self._async.pop(asyncio.get_running_loop(), None)
+        if task is not None and task.done() and not task.cancelled() and not task.exception():
+            await task.result().close()
+        await asyncio.to_thread(self.close)
+
+    # --- pools and schema ---------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._sync_pool().connection() as conn:
+            yield conn
+
+    def _sync_pool(self) -> psycopg_pool.ConnectionPool:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._guard:
+            if self._pool is None:
+                # First use: one direct connection migrates the schema and, when the server is
+                # unreachable, fails at once with libpq's reason (a pool would only time out).
+                try:
+                    conn = psycopg.connect(self._url, **self._connect_options())
+                except psycopg.Error as exc:
+                    raise StoreError(self._unreachable(exc)) from None
+                with conn:
+                    self._migrate(conn)
+                pool = psycopg_pool.ConnectionPool(self._url, open=False, **self._pool_options())
+                try:
+                    pool.open(wait=True, timeout=self._timeout)
+                except psycopg_pool.PoolTimeout:
+                    pool.close()
+                    raise StoreError(
+                        f"token store {self.location}: no pooled connection within "
+                        f"{self._timeout:g}s"
+                    ) from None
+                self._pool = pool
+            return self._pool
+
+    async def _apool(self) -> psycopg_pool.AsyncConnectionPool:
+        loop = asyncio.get_running_loop()
+        task = self._async.get(loop)
+        if task is None:
+            task = self._async[loop] = loop.create_task(self._open_async())
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            if task.done() and self._async.get(loop) is task:
+                del self._async[loop]  # a failed opening is retried by the next call
+            raise
+
+    async def _open_async(self) -> psycopg_pool.AsyncConnectionPool:
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._url, **self._connect_options())
+        except psycopg.Error as exc:
+            raise StoreError(self._unreachable(exc)) from None
+        async with conn:
+            await self._amigrate(conn)
+        pool = psycopg_pool.AsyncConnectionPool(self._url, open=False, **self._pool_options())
+        try:
+            await pool.open(wait=True, timeout=self._timeout)
+        except psycopg_pool.PoolTimeout:
+            await pool.close()
+            raise StoreError(
+                f"token store {self.location}: no pooled connection within {self._timeout:g}s"
+            ) from None
+        return pool
+
+    def _connect_options(self) -> dict[str, Any]:
+        return {"autocommit": True, "connect_timeout": max(2, round(self._timeout))}
+
+    def _pool_options(self) -> dict[str, Any]:
+        return {
+            "min_size": 1,
+            "max_size": self._max_size,
+            "timeout": self._timeout,
+            "kwargs": {"autocommit": True},
+            "name": f"tokenward-{self.schema}",
+        }
+
+    def _unreachable(self, exc: psycopg.Error) -> str:
+        cause = self._scrub(str(exc).strip())
+        return f"token store {self.location}: cannot connect to PostgreSQL: {cause}"
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        with self._errors("migrate schema"):
+            exists = conn.execute(sql.SQL("SELECT to_regclass({})").format(self._sql.registry))
+            if self._current(exists.fetchone()) and self._check(
+                conn.execute(self._sql.current).fetchone()
+            ):
+                return  # the common case: no lock, no DDL
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(self.schema),))
+                conn.execute(self._sql.create_schema)
+                conn.execute(self._sql.create_registry)
+                row = conn.execute(self._sql.current).fetchone()
+                if self._check(row):
+                    return  # another process migrated while we waited for the lock
+                for version, steps in self._sql.migrations:
+                    if row is not None and version <= row[0]:
+                        continue
+                    for step in steps:
+                        conn.execute(step)
+                    conn.execute(self._sql.record_migration, (version,))
+
+    async def _amigrate(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        with self._errors("migrate schema"):
+            cursor = await conn.execute(
+                sql.SQL("SELECT to_regclass({})").format(self._sql.registry)
+            )
+            if self._current(await cursor.fetchone()):
+                cursor = await conn.execute(self._sql.current)
+                if self._check(await cursor.fetchone()):
+                    return
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(self.schema),))
+                await conn.execute(self._sql.create_schema)
+                await conn.execute(self._sql.create_registry)
+                cursor = await conn.execute(self._sql.current)
+                row = await cursor.fetchone()
+                if self._check(row):
+                    return
+                for version, steps in self._sql.migrations:
+                    if row is not None and version <= row[0]:
+                        continue
+                    for step in steps:
+                        await conn.execute(step)
+                    await conn.execute(self._sql.record_migration, (version,))
+
+    @staticmethod
+    def _current(row: tuple[Any, ...] | None) -> bool:
+        """True when the migrations registry exists."""
+        return row is not None and row[0] is not None
+
+    def _check(self, row: tuple[Any, ...] | None) -> bool:
+        """True when the schema is at the latest version; refuses a newer one."""
+        version = 0 if row is None else int(row[0])
+        if version > LATEST:
+            raise StoreCorrupted(
+                self.location,
+                f"schema version {version} is newer than this tokenward supports ({LATEST}); "
+                "upgrade tokenward",
+            )
+        return version == LATEST
+
+    # --- statements ---------------------------------------------------------------------------
+
+    def _cas(self, record: Record, expected_version: int) -> tuple[sql.Composed, tuple[Any, ...]]:
+        data = Jsonb(record.to_dict())
+        if expected_version == 0:
+            return self._sql.insert, (record.key, record.version, data, record.updated_at)
+        return self._sql.update, (
+            record.version,
+            data,
+            record.updated_at,
+            record.key,
+            expected_version,
+        )
+
+    async def _arowcount(
+        self, action: str, statement: sql.Composed, params: tuple[Any, ...]
+    ) -> bool:
+        with self._errors(action):
+            pool = await self._apool()
+            async with pool.connection() as conn:
+                cursor = await conn.execute(statement, params)
+                return cursor.rowcount == 1
+
+    def _record_of(self, key: str, version: Any, data: Any) -> Record:
+        where = f"record {key!r}"
+        record = record_from_data(self.location, data, where)
+        if record.key != key or record.version != version:
+            raise StoreCorrupted(self.location, f"{where}: data disagrees with its row")
+        return record
+
+    def _scrub(self, message: str) -> str:
+        return message.replace(self._password, "***") if self._password else message
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """psycopg and pool errors → StoreError naming the database (never its password)."""
+        try:
+            yield
+        except psycopg_pool.PoolTimeout:
+            raise StoreError(
+                f"token store {self.location}: {action} failed: no connection free within "
+                f"{self._timeout:g}s"
+            ) from None
+        except psycopg.Error as exc:
+            message = self._scrub(str(exc).strip())
+            raise StoreError(
+                f"token store {self.location}: {action} failed: {type(exc).__name__}: {message}"
+            ) from None

@@ -1,0 +1,332 @@
+"""A store in Redis, shared by every process and machine that reaches the server.
+
+Layout, under a key prefix (default `tokenward:`):
+
+- `{prefix}record:{key}` - a hash with `version` and `data` (the record as JSON);
+- `{prefix}lease:{key}` - a string holding the owner, with the lease's TTL as its expiry (the
+  server's clock decides when a lease has expired, so clients' clocks do not matter);
+- `{prefix}keys` - a sorted set of the record keys, all with score 0, so `keys(prefix)` is one
+  `ZRANGEBYLEX` over a sorted range (deterministic, no `SCAN` over the whole keyspace).
+
+Compare-and-set and the three lease operations are Lua scripts: each runs atomically on the
+server and checks the version or the owner before writing. A lease is only ever renewed or
+released by its owner.
+
+Durability: a compare-and-set is as durable as the server's persistence settings make it
+(`appendonly yes` with `appendfsync always` for invariant 2 across a server crash).
+
+The sync methods use `redis.Redis`; the async ones use `redis.asyncio.Redis`, one client per
+event loop (an asyncio connection belongs to the loop that opened it). The scripts touch several
+keys of one prefix, so on Redis Cluster all of them must hash to one slot: put a hash tag in the
+prefix, e.g. `prefix="{tokenward}:"`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.connection
+import redis.connection
+from redis.commands.core import AsyncScript, Script
+
+from ..errors import StoreCorrupted, StoreError
+from .base import Record, Store, check_successor
+from .file import record_from_data
+from .url import redact_url
+
+__all__ = ["RedisStore"]
+
+# KEYS: record, index. ARGV: expected version, new version, data, record key.
+_CAS = """
+local current = redis.call('HGET', KEYS[1], 'version')
+if ARGV[1] == '0' then
+  if current then return 0 end
+elseif current ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'data', ARGV[3])
+redis.call('ZADD', KEYS[2], 0, ARGV[4])
+return 1
+"""
+# KEYS: lease. ARGV: owner, ttl in milliseconds.
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+# KEYS: lease. ARGV: owner.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+# KEYS: record, lease, index. ARGV: record key.
+_DELETE = """
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return redis.call('DEL', KEYS[1])
+"""
+_SCRIPTS = {"cas": _CAS, "acquire": _ACQUIRE, "renew": _RENEW, "release": _RELEASE, "del": _DELETE}
+
+_TIMEOUTS = {"socket_connect_timeout": 10.0, "socket_timeout": 30.0}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _AsyncSide:
+    """One event loop's async client and scripts."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self.scripts: dict[str, AsyncScript] = {
+            name: client.register_script(lua) for name, lua in _SCRIPTS.items()
+        }
+
+
+class RedisStore(Store):
+    """Records and leases in Redis.
+
+    `url_or_client` is a `redis://` / `rediss://` / `unix://` URL, or a `redis.Redis` client
+    (the async clients then connect with the same connection settings). Keys live under
+    `prefix`, so several applications (or tests) can share one database.
+    """
+
+    def __init__(self, url_or_client: str | redis.Redis, *, prefix: str = "tokenward:") -> None:
+        self.prefix = prefix
+        self._index = f"{prefix}keys"
+        if isinstance(url_or_client, str):
+            self._url: str | None = url_or_client
+            try:
+                self._client = redis.Redis.from_url(url_or_client, **_TIMEOUTS)
+            except ValueError as exc:
+                raise ValueError(f"bad Redis URL {redact_url(url_or_client)}: {exc}") from None
+            kwargs = self._client.connection_pool.connection_kwargs
+            self._password = kwargs.get("password")
+            self.location = redact_url(url_or_client)
+        else:
+            self._url = None
+            self._client = url_or_client
+            kwargs = url_or_client.connection_pool.connection_kwargs
+            self._password = kwargs.get("password")
+            if "path" in kwargs:
+                self.location = f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+            else:
+                scheme = "rediss" if self._is_ssl(url_or_client) else "redis"
+                where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+                self.location = f"{scheme}://{where}/{kwargs.get('db', 0)}"
+        if prefix != "tokenward:":
+            self.location += ("&" if "?" in self.location else "?") + f"prefix={prefix}"
+        self._scripts: dict[str, Script] = {
+            name: self._client.register_script(lua) for name, lua in _SCRIPTS.items()
+        }
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncSide] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    def _record_key(self, key: str) -> str:
+        return f"{self.prefix}record:{key}"
+
+    def _lease_key(self, key: str) -> str:
+        return f"{self.prefix}lease:{key}"
+
+    def _range(self, prefix: str) -> tuple[bytes, bytes]:
+        if not prefix:
+            return b"-", b"+"
+        raw = prefix.encode()
+        return b"[" + raw, b"(" + raw + b"\xff"  # 0xff never occurs in UTF-8
+
+    @staticmethod
+    def _ttl_ms(ttl: float) -> int:
+        return max(1, round(ttl * 1000))
+
+    # --- sync API -----------------------------------------------------------------------------
+
+    def load(self, key: str) -> Record | None:
+        with self._errors("read"):
+            version, data = self._client.hmget(self._record_key(key), ["version", "data"])
+        return self._record_of(key, version, data)
+
+    def compare_and_set(self, record: Record, expected_version: int) -> bool:
+        check_successor(record, expected_version)
+        keys, args = self._cas_args(record, expected_version)
+        with self._errors("compare-and-set"):
+            return bool(self._scripts["cas"](keys=keys, args=args))
+
+    def delete(self, key: str) -> bool:
+        keys = [self._record_key(key), self._lease_key(key), self._index]
+        with self._errors("delete"):
+            return bool(self._scripts["del"](keys=keys, args=[key]))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        low, high = self._range(prefix)
+        with self._errors("list keys"):
+            members = self._client.zrangebylex(self._index, low, high)
+        return sorted(_text(member) for member in members)
+
+    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        with self._errors("acquire lease"):
+            return bool(
+                self._scripts["acquire"](
+                    keys=[self._lease_key(key)], args=[owner, self._ttl_ms(ttl)]
+                )
+            )
+
+    def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        with self._errors("renew lease"):
+            return bool(
+                self._scripts["renew"](keys=[self._lease_key(key)], args=[owner, self._ttl_ms(ttl)])
+            )
+
+    def release_lease(self, key: str, owner: str) -> bool:
+        with self._errors("release lease"):
+            return bool(self._scripts["release"](keys=[self._lease_key(key)], args=[owner]))
+
+    def close(self) -> None:
+        """Close the sync connections; async clients are dropped (use `aclose` in a loop to
+        close the current loop's client cleanly)."""
+        self._async.clear()
+        if self._url is not None:  # a client the caller passed in stays the caller's
+            self._client.close()
+
+    # --- async API ----------------------------------------------------------------------------
+
+    async def aload(self, key: str) -> Record | None:
+        side = self._side()
+        with self._errors("read"):
+            version, data = await side.client.hmget(self._record_key(key), ["version", "data"])
+        return self._record_of(key, version, data)
+
+    async def acompare_and_set(self, record: Record, expected_version: int) -> bool:
+        check_successor(record, expected_version)
+        keys, args = self._cas_args(record, expected_version)
+        side = self._side()
+        with self._errors("compare-and-set"):
+            return bool(await side.scripts["cas"](keys=keys, args=args))
+
+    async def adelete(self, key: str) -> bool:
+        keys = [self._record_key(key), self._lease_key(key), self._index]
+        side = self._side()
+        with self._errors("delete"):
+            return bool(await side.scripts["del"](keys=keys, args=[key]))
+
+    async def akeys(self, prefix: str = "") -> list[str]:
+        low, high = self._range(prefix)
+        side = self._side()
+        with self._errors("list keys"):
+            members = await side.client.zrangebylex(self._index, low, high)
+        return sorted(_text(member) for member in members)
+
+    async def aacquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        side = self._side()
+        with self._errors("acquire lease"):
+            result = await side.scripts["acquire"](
+                keys=[self._lease_key(key)], args=[owner, self._ttl_ms(ttl)]
+            )
+        return bool(result)
+
+    async def arenew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        side = self._side()
+        with self._errors("renew lease"):
+            result = await side.scripts["renew"](
+                keys=[self._lease_key(key)], args=[owner, self._ttl_ms(ttl)]
+            )
+        return bool(result)
+
+    async def arelease_lease(self, key: str, owner: str) -> bool:
+        side = self._side()
+        with self._errors("release lease"):
+            result = await side.scripts["release"](keys=[self._lease_key(key)], args=[owner])
+        return bool(result)
+
+    async def aclose(self) -> None:
+        """Close this loop's async client and the sync connections."""
+        side = self._async.pop(asyncio.get_running_loop(), None)
+        if side is not None:
+            await side.client.aclose()
+        self.close()
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _side(self) -> _AsyncSide:
+        loop = asyncio.get_running_loop()
+        side = self._async.get(loop)
+        if side is None:
+            side = self._async[loop] = _AsyncSide(self._async_client())
+        return side
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        if self._url is not None:
+            return redis.asyncio.Redis.from_url(self._url, **_TIMEOUTS)  # type: ignore[arg-type]
+        pool = self._client.connection_pool
+        connection_class: type[redis.asyncio.connection.AbstractConnection]
+        if "path" in pool.connection_kwargs:
+            connection_class = redis.asyncio.connection.UnixDomainSocketConnection
+        elif self._is_ssl(self._client):
+            connection_class = redis.asyncio.connection.SSLConnection
+        else:
+            connection_class = redis.asyncio.connection.Connection
+        accepted: set[str] = set()
+        for cls in connection_class.__mro__:
+            if "__init__" in vars(cls):
+                accepted |= set(inspect.signature(cls.__init__).parameters)  # type: ignore[misc]
+        accepted -= {"self", "args", "kwargs"}
+        kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in accepted}
+        return redis.asyncio.Redis(
+            connection_pool=redis.asyncio.ConnectionPool(
+                connection_class=connection_class, **kwargs
+            )
+        )
+
+    @staticmethod
+    def _is_ssl(client: redis.Redis) -> bool:
+        return issubclass(client.connection_pool.connection_class, redis.connection.SSLConnection)
+
+    def _cas_args(self, record: Record, expected_version: int) -> tuple[list[str], list[Any]]:
+        data = json.dumps(record.to_dict(), separators=(",", ":"), sort_keys=True)
+        keys = [self._record_key(record.key), self._index]
+        return keys, [str(expected_version), str(record.version), data, record.key]
+
+    def _record_of(self, key: str, version: Any, data: Any) -> Record | None:
+        if version is None and data is None:
+            return None
+        where = f"record {key!r}"
+        try:
+            number = int(_text(version))
+            decoded = json.loads(_text(data))
+        except (TypeError, ValueError, UnicodeDecodeError):
+            raise StoreCorrupted(self.location, f"{where}: version or data is malformed") from None
+        record = record_from_data(self.location, decoded, where)
+        if record.key != key or record.version != number:
+            raise StoreCorrupted(self.location, f"{where}: data disagrees with its version")
+        return record
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Redis errors → StoreError naming the server (never its password)."""
+        try:
+            yield
+        except redis.RedisError as exc:
+            message = str(exc)
+            if self._password:
+                message = message.replace(str(self._password), "***")
+            raise StoreError(
+                f"token store {self.location}: {action} failed: {type(exc).__name__}: {message}"
+            ) from None
