@@ -27,12 +27,11 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import StoreCorrupted, StoreError
-from .base import Record, Store, check_successor
-from .file import FILE_MODE, FileLock, SidecarLeases, atomic_write, record_from_data, sidecar
+from .base import Record, check_successor
+from .file import FILE_MODE, SidecarFileStore, atomic_write, record_from_data
 
 __all__ = ["DotenvStore"]
 
@@ -184,7 +183,7 @@ def _stem(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", key).upper()
 
 
-class DotenvStore(Store):
+class DotenvStore(SidecarFileStore):
     """Records in a `.env` file: tokens in named variables, the rest in a state line.
 
     `mapping` maps a credential key to `{record_field: VARIABLE}` for any of `access_token`,
@@ -204,11 +203,8 @@ class DotenvStore(Store):
         path: str | os.PathLike[str],
         mapping: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.location = str(path)
+        super().__init__(path)
         self._mapping = {key: _checked(key, fields) for key, fields in (mapping or {}).items()}
-        self._lock = FileLock(sidecar(self.path, ".lock"))
-        self._leases = SidecarLeases(sidecar(self.path, ".leases"))
 
     def variables(self, key: str) -> dict[str, str]:
         """The variables holding `key`'s own fields: `{record_field: VARIABLE}`."""
@@ -250,18 +246,6 @@ class DotenvStore(Store):
         found = {self._state_of(line)["key"] for line in document.lines if _is_state(line)}
         found.update(k for k in self._mapping if self._record_of(document, k) is not None)
         return sorted(k for k in found if k.startswith(prefix))
-
-    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
-        with self._lock.hold():
-            return self._leases.acquire(key, owner, ttl)
-
-    def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
-        with self._lock.hold():
-            return self._leases.renew(key, owner, ttl)
-
-    def release_lease(self, key: str, owner: str) -> bool:
-        with self._lock.hold():
-            return self._leases.release(key, owner)
 
     # --- reading ------------------------------------------------------------------------------
 

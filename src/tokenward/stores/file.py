@@ -242,10 +242,37 @@ def sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
+# --- stores kept in one file ------------------------------------------------------------------
+
+
+class SidecarFileStore(Store):
+    """Base of the stores kept in one file at `path`: writers serialize on an `flock` of
+    `<path>.lock` (never the data file, which is replaced on every write), and leases live in
+    `<path>.leases`, since losing a lease loses no data."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.location = str(path)
+        self._lock = FileLock(sidecar(self.path, ".lock"))
+        self._leases = SidecarLeases(sidecar(self.path, ".leases"))
+
+    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        with self._lock.hold():
+            return self._leases.acquire(key, owner, ttl)
+
+    def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        with self._lock.hold():
+            return self._leases.renew(key, owner, ttl)
+
+    def release_lease(self, key: str, owner: str) -> bool:
+        with self._lock.hold():
+            return self._leases.release(key, owner)
+
+
 # --- the JSON file store ---------------------------------------------------------------------
 
 
-class JsonFileStore(Store):
+class JsonFileStore(SidecarFileStore):
     """All records in one JSON document at `path`; leases in the sidecar `<path>.leases`.
 
     Layout: `{"tokenward": 1, "records": {key: record_fields}}`. Writers hold an exclusive
@@ -254,12 +281,6 @@ class JsonFileStore(Store):
     The file is written with mode 0600; a missing file is an empty store, a corrupt one raises
     `StoreCorrupted` and is never overwritten. POSIX only (`fcntl`).
     """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.location = str(path)
-        self._lock = FileLock(sidecar(self.path, ".lock"))
-        self._leases = SidecarLeases(sidecar(self.path, ".leases"))
 
     def load(self, key: str) -> Record | None:
         return self._read().get(key)
@@ -286,18 +307,6 @@ class JsonFileStore(Store):
 
     def keys(self, prefix: str = "") -> list[str]:
         return sorted(k for k in self._read() if k.startswith(prefix))
-
-    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
-        with self._lock.hold():
-            return self._leases.acquire(key, owner, ttl)
-
-    def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
-        with self._lock.hold():
-            return self._leases.renew(key, owner, ttl)
-
-    def release_lease(self, key: str, owner: str) -> bool:
-        with self._lock.hold():
-            return self._leases.release(key, owner)
 
     def _read(self) -> dict[str, Record]:
         raw = read_bytes(self.path)
