@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +29,7 @@ from .errors import (
     MalformedTokenResponse,
     ReauthorizationRequired,
     RefreshFailed,
+    StoreError,
     TransientError,
 )
 from .retry import RetryPolicy
@@ -79,6 +82,9 @@ class Sleep:
 @dataclass(frozen=True, slots=True)
 class Http:
     request: HttpRequest
+    #: A lease the driver keeps renewed while the request is in flight: a provider slower than
+    #: the lease TTL must not let another process take the lease and spend the same refresh token.
+    lease: Renew | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +175,12 @@ def _take_lease(ctx: FlowContext, seen: Token | None) -> Generator[Op, Any, Toke
     return None
 
 
-def _fetch(source: Source, key: str, rec: Record | None) -> Generator[Op, Any, Token]:
-    """One attempt at the source."""
+def _fetch(
+    source: Source, key: str, rec: Record | None, lease: Renew | None = None
+) -> Generator[Op, Any, Token]:
+    """One attempt at the source (keeping `lease` alive while an HTTP request is in flight)."""
     if isinstance(source, HttpSource):
-        response = yield Http(source.build_request(rec))
+        response = yield Http(source.build_request(rec), lease)
         return source.parse_response(response, key)
     if isinstance(source, FunctionSource):
         value = yield Invoke(source, rec.token() if rec else None)
@@ -222,7 +230,8 @@ def _refresh(ctx: FlowContext, rec: Record | None) -> Flow:
         ):
             raise LeaseTimeout(ctx.key, time.monotonic() - started)
         try:
-            grant = yield from _fetch(ctx.source, ctx.key, rec)
+            lease = Renew(ctx.key, ctx.owner, ctx.lease_ttl)
+            grant = yield from _fetch(ctx.source, ctx.key, rec, lease)
         except TransientError as exc:
             if exc.sent and ctx.source.rotating and not lost:
                 # The provider may have rotated the refresh token and we never saw the new one.
@@ -285,8 +294,25 @@ def _commit(ctx: FlowContext, rec: Record | None, grant: Token, started: float) 
         refresh_count=base.refresh_count + 1,
     )
     expected = base.version
-    while not (yield Save(new, expected)):
-        latest: Record | None = yield Load(ctx.key)
+    failures, failed_at = 0, 0.0
+    while True:
+        try:
+            if (yield Save(new, expected)):
+                break
+            latest: Record | None = yield Load(ctx.key)
+        except StoreError as exc:
+            # The store is down (a restart, a dropped connection) after the provider answered:
+            # the answer may hold the only valid refresh token, so keep trying to store it
+            # within the retry deadline instead of dropping it. A Save that did commit before
+            # the error shows up as a conflict with our own version, and is written on top.
+            failures += 1
+            failed_at = failed_at or time.monotonic()
+            delay = ctx.retry.delay(failures, time.monotonic() - failed_at, None)
+            events.emit("store.retry", ctx.key, detail=str(exc), attempt=failures)
+            if delay is None:
+                raise
+            yield Sleep(delay)
+            continue
         expected = latest.version if latest else 0
         events.emit("store.conflict", ctx.key, version=expected)
         new = replace(new, version=expected + 1)
@@ -325,6 +351,48 @@ def _need(store: Store | None) -> Store:
     return store
 
 
+@contextlib.contextmanager
+def _renewing(store: Store, lease: Renew) -> Iterator[None]:
+    """Renew `lease` every third of its TTL, from a helper thread, while the body runs."""
+    done = threading.Event()
+
+    def beat() -> None:
+        # Best effort: if the lease is lost or the store fails, the commit's compare-and-set
+        # still guards the record, and the request's own outcome is what counts.
+        with contextlib.suppress(Exception):
+            while not done.wait(lease.ttl / 3):
+                if not store.renew_lease(lease.key, lease.owner, lease.ttl):
+                    return
+
+    thread = threading.Thread(target=beat, name=f"tokenward-lease-{lease.key}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+@contextlib.asynccontextmanager
+async def _arenewing(store: Store, lease: Renew) -> AsyncIterator[None]:
+    """`_renewing` for asyncio: a task renews the lease while the body runs."""
+
+    async def beat() -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await asyncio.sleep(lease.ttl / 3)
+                if not await store.arenew_lease(lease.key, lease.owner, lease.ttl):
+                    return
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def _execute(op: Op, store: Store | None, client: httpx2.Client) -> Any:
     match op:
         case Load(key):
@@ -340,8 +408,11 @@ def _execute(op: Op, store: Store | None, client: httpx2.Client) -> Any:
         case Sleep(seconds):
             time.sleep(seconds)
             return None
-        case Http(request):
+        case Http(request, None):
             return send(client, request)
+        case Http(request, Renew() as lease):
+            with _renewing(_need(store), lease):
+                return send(client, request)
         case Invoke(source, current):
             if source.is_async:
                 return _call_async_function(source, current)
@@ -364,8 +435,11 @@ async def _aexecute(op: Op, store: Store | None, client: httpx2.AsyncClient) -> 
         case Sleep(seconds):
             await asyncio.sleep(seconds)
             return None
-        case Http(request):
+        case Http(request, None):
             return await send_async(client, request)
+        case Http(request, Renew() as lease):
+            async with _arenewing(_need(store), lease):
+                return await send_async(client, request)
         case Invoke(source, current):
             if source.is_async:
                 return await source.fn(current)  # type: ignore[misc]
