@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tokenward.errors import ReauthorizationRequired, RefreshFailed
+from tokenward.errors import MalformedTokenResponse, ReauthorizationRequired, RefreshFailed
 from tokenward.manager import RefreshPolicy, TokenManager
 from tokenward.retry import RetryPolicy
 from tokenward.sources import RefreshTokenGrant
@@ -704,3 +704,27 @@ def test_exit_waits_for_a_refresh_in_flight(
         assert emulator.is_refresh_token_valid(record.refresh_token or "")
     finally:
         store.close()
+
+
+def test_malformed_answer_keeps_the_rotated_refresh_token(
+    emulator: Emulator, make_manager: Callable[..., TokenManager]
+) -> None:
+    """The provider rotates, then answers `expires_in: -5`: the answer is refused as malformed,
+    but the new refresh token in it is stored, so the next refresh needs no new login."""
+    store = MemoryStore()
+    manager = make_manager(store)
+    old = login(manager, emulator)
+    manager.token()
+    before = stored(store)
+    emulator.inject("negative_expires")
+    with pytest.raises(MalformedTokenResponse) as raised:
+        manager.refresh()
+    assert "expires_in" in str(raised.value)
+    kept = stored(store)
+    assert kept.refresh_token not in (old, before.refresh_token)
+    assert emulator.is_refresh_token_valid(kept.refresh_token or "")
+    assert kept.last_error and "malformed" in kept.last_error
+    assert kept.refresh_token not in kept.last_error
+    fresh = manager.refresh()
+    assert fresh.version > kept.version
+    assert emulator.counters["invalid_grant"] == 0

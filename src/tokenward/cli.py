@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 import click
 import httpx2
 
+from .cli_rekey import rekey
 from .config import (
     CONFIG_ENV,
     Config,
@@ -352,18 +353,55 @@ def _when(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
+def _prefix_rows(config: Config, prefix: str) -> list[dict[str, Any]]:
+    """Every stored key starting with `prefix` (e.g. `ml:` for one record per end user)."""
+    rows, seen = [], set()
+    for settings in config.credentials.values():
+        store = config.store_for(settings)
+        if id(store) in seen:
+            continue
+        seen.add(id(store))
+        for key in store.keys(prefix):
+            record = store.load(key)
+            owner = config.credentials.get(key.split(":", 1)[0])
+            rows.append(
+                {
+                    "name": key,
+                    "preset": owner.settings.get("preset") if owner else None,
+                    "grant": owner.grant if owner else None,
+                    "state": record.state if record else "empty",
+                    "token": fingerprint(record.access_token) if record else "-",
+                    "expires_at": record.expires_at if record else None,
+                    "expires_in": None
+                    if record is None or record.expires_at is None
+                    else round(record.expires_at - time.time()),
+                    "last_refresh": record.obtained_at if record else None,
+                    "refresh_count": record.refresh_count if record else 0,
+                    "last_error": record.last_error if record else None,
+                }
+            )
+    return sorted(rows, key=lambda row: str(row["name"]))
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--prefix",
+    default=None,
+    help="List every stored key starting with this (e.g. `ml:` for per-user records).",
+)
 @_config_option
-def status(as_json: bool, config_path: Path | None) -> None:
+def status(as_json: bool, prefix: str | None, config_path: Path | None) -> None:
     """Show every configured credential: state, expiry, refreshes, last error. No secrets.
 
     \b
     Example:
       tokenward status
+      tokenward status --prefix 'ml:'
       tokenward status --json | jq '.[] | select(.state != "ok")'
     """
-    rows = _status_rows(_load(config_path))
+    config = _load(config_path)
+    rows = _status_rows(config) if prefix is None else _prefix_rows(config, prefix)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -664,6 +702,115 @@ def demo(ctx: click.Context) -> None:
     from . import demo as demo_module
 
     sys.exit(demo_module.main(list(ctx.args)))
+
+
+cli.add_command(rekey)  # `tokenward rekey` lives in cli_rekey.py (encryption at rest)
+
+
+@cli.command("refresher")
+@click.option(
+    "--credential",
+    "names",
+    multiple=True,
+    help="Only this credential (repeatable). Default: every configured one.",
+)
+@click.option("--concurrency", type=int, default=8, show_default=True, help="Refreshes at once.")
+@click.option(
+    "--keepalive-days",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Refresh a credential idle this long, so its refresh token never lapses.",
+)
+@click.option("--claim-ttl", type=float, default=60.0, show_default=True, help="Seconds.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--backfill", is_flag=True, help="First queue every record already stored.")
+@_config_option
+def refresher(
+    names: tuple[str, ...],
+    concurrency: int,
+    keepalive_days: float,
+    claim_ttl: float,
+    duration: float | None,
+    backfill: bool,
+    config_path: Path | None,
+) -> None:
+    """Refresh stored credentials before they expire. Run one on every host or replica: they
+    share the store's due-queue, and each credential is still refreshed once per expiry.
+
+    Keys `NAME` and `NAME:anything` (one record per end user) use credential NAME's settings.
+
+    \b
+    Example:
+      tokenward refresher --concurrency 16
+    """
+    from .refresher import Refresher
+    from .sources.base import Source
+
+    config = _load(config_path)
+    chosen = [config.credential_config(name) for name in names] or list(config.credentials.values())
+    groups: dict[int, list[CredentialConfig]] = {}
+    for settings in chosen:
+        groups.setdefault(id(config.store_for(settings)), []).append(settings)
+    stop = threading.Event()
+    refreshers: list[Refresher] = []
+    for members in groups.values():
+        sources: dict[str, Source] = {}
+        by_name = {settings.name: settings for settings in members}
+
+        def source_for_key(
+            key: str,
+            by_name: dict[str, CredentialConfig] = by_name,
+            cache: dict[str, Source] = sources,
+        ) -> Source | None:
+            name = key.split(":", 1)[0]
+            if name not in by_name:
+                return None
+            if name not in cache:
+                cache[name] = by_name[name].source()
+            return cache[name]
+
+        worker = Refresher(
+            config.store_for(members[0]),
+            source_for_key,
+            concurrency=concurrency,
+            keepalive_after=keepalive_days * 86400,
+            claim_ttl=claim_ttl,
+        )
+        if backfill:
+            queued = worker.backfill(sorted(by_name))
+            click.echo(f"queued {queued} stored record(s) of {', '.join(sorted(by_name))}")
+        refreshers.append(worker)
+    threads = [
+        threading.Thread(target=worker.run, args=(stop, duration), daemon=True)
+        for worker in refreshers
+    ]
+    for thread in threads:
+        thread.start()
+    click.echo(f"refresher running for {len(chosen)} credential(s); Ctrl-C stops it", err=True)
+    try:
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(timeout=0.5)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        stop.set()
+        for worker in refreshers:
+            worker.close()
+        totals: dict[str, int] = {}
+        for worker in refreshers:
+            for name, value in worker.stats.snapshot().items():
+                totals[name] = totals.get(name, 0) + value
+        click.echo(json.dumps(totals))
+
+
+# -- broker (tokenward.broker; `serve` needs the `broker` extra) ----------------------------------
+from .broker.cli import broker as _broker_group  # noqa: E402 - registered after the core commands
+from .broker.cli import serve as _serve  # noqa: E402
+
+cli.add_command(_serve)
+cli.add_command(_broker_group)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

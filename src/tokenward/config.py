@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
 import platformdirs
@@ -42,6 +42,9 @@ from .sources.authorization import OAuthClient, discovery_urls, make_client, par
 from .sources.oauth2 import ClientAuth
 from .stores.base import Store
 from .transport import DEFAULT_TIMEOUT, HttpRequest, send
+
+if TYPE_CHECKING:
+    from .stores.encrypted import Keyring
 
 __all__ = [
     "CONFIG_ENV",
@@ -156,10 +159,15 @@ EXPIRY_RULE_KEYS: dict[str, tuple[Check, str]] = {
     "body_contains": (_is_str_list, "a list of strings"),
     "json_fields": _TABLE,
 }
-STORE_KEYS: dict[str, tuple[Check, str]] = {"url": _STR}
+STORE_KEYS: dict[str, tuple[Check, str]] = {
+    "url": _STR,
+    "encryption_keys": (_is_str_list, 'a list of references, e.g. ["env:TOKENWARD_KEY"]'),
+}
 TOP_KEYS: dict[str, tuple[Check, str]] = {
     "store": (_is_table, "a table"),
     "credentials": (_is_table, "a table of [credentials.NAME] tables"),
+    # Read by tokenward.broker.config (the `broker` extra); tolerated here.
+    "broker": (_is_table, "a table"),
 }
 
 
@@ -272,7 +280,14 @@ def parse_config(data: Mapping[str, Any], path: Path, mode: int = 0o600) -> Conf
             raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
         credentials[name] = _credential(name, table, path, where)
     _check_inline_secrets(credentials, path, mode)
-    return Config(path, store_table.get("url"), credentials)
+    keys = store_table.get("encryption_keys", [])
+    for index, reference in enumerate(keys):
+        if not _is_reference(reference):  # a key written inline would defeat its purpose
+            raise ConfigError(
+                f"{path}: [store] encryption_keys[{index}] must be a reference (env:NAME or "
+                "file:PATH), not the key itself"
+            )
+    return Config(path, store_table.get("url"), credentials, list(keys))
 
 
 def _credential(name: str, table: dict[str, Any], path: Path, where: str) -> CredentialConfig:
@@ -503,6 +518,9 @@ class Config:
     path: Path | None
     store_url: str | None
     credentials: dict[str, CredentialConfig]
+    #: `[store] encryption_keys`: references to the keys every store is encrypted with (the
+    #: first writes, all read); none: `$TOKENWARD_ENCRYPTION_KEY`, else no encryption.
+    encryption_keys: list[str] = field(default_factory=list)
     _stores: dict[str, Store] = field(default_factory=dict, repr=False)
 
     def credential_config(self, name: str) -> CredentialConfig:
@@ -519,10 +537,34 @@ class Config:
         """The credential's own store when it names one, else the configuration's."""
         url = credential.settings.get("store") or self.store_url
         if url is None:
-            return self._cached("", _default_store)
+            return self._cached("", lambda: _default_store(self.keyring()))
         mapping = credential.settings.get("store_variables")
         key = url + (f"#{credential.name}" if mapping else "")
-        return self._cached(key, lambda: self._open(url, credential, mapping))
+        return self._cached(key, lambda: self._encrypted(self._open(url, credential, mapping)))
+
+    def keyring(self) -> Keyring | None:
+        """The encryption keys (`[store] encryption_keys`, else `$TOKENWARD_ENCRYPTION_KEY`),
+        resolved now; None when there are none. Errors name the reference, never the key."""
+        from .stores.encrypted import Keyring, keyring_from_env
+
+        where = f"{self.path}: [store] encryption_keys"
+        try:
+            if not self.encryption_keys:
+                return keyring_from_env()
+            path = self.path or Path.cwd() / "tokenward.toml"
+            names = [f"{where}[{i}] ({ref})" for i, ref in enumerate(self.encryption_keys)]
+            values = [
+                resolve_reference(ref, path, name)
+                for ref, name in zip(self.encryption_keys, names, strict=True)
+            ]
+            return Keyring(values, names)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _encrypted(self, store: Store) -> Store:
+        from .stores.encrypted import encrypt_store
+
+        return encrypt_store(store, self.keyring())
 
     def _cached(self, key: str, factory: Callable[[], Store]) -> Store:
         if key not in self._stores:
@@ -559,7 +601,7 @@ class Config:
         self._stores.clear()
 
 
-def _default_store() -> Store:
+def _default_store(keys: Keyring | None = None) -> Store:
     from .stores.default import default_store
 
-    return default_store()
+    return default_store(keys)

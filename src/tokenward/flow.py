@@ -175,13 +175,29 @@ def _take_lease(ctx: FlowContext, seen: Token | None) -> Generator[Op, Any, Toke
     return None
 
 
+class _Rotated(Exception):
+    """Internal: a malformed answer that carries a new refresh token. Never leaves the flow
+    (the caller gets `error`), so the secret is not kept on an exception anyone sees."""
+
+    def __init__(self, error: MalformedTokenResponse, refresh_token: str) -> None:
+        super().__init__(error.field)
+        self.error = error
+        self.refresh_token = refresh_token
+
+
 def _fetch(
     source: Source, key: str, rec: Record | None, lease: Renew | None = None
 ) -> Generator[Op, Any, Token]:
     """One attempt at the source (keeping `lease` alive while an HTTP request is in flight)."""
     if isinstance(source, HttpSource):
         response = yield Http(source.build_request(rec), lease)
-        return source.parse_response(response, key)
+        try:
+            return source.parse_response(response, key)
+        except MalformedTokenResponse as exc:
+            kept = source.rotated_refresh_token(response) if source.rotating else None
+            if kept:
+                raise _Rotated(exc, kept) from None
+            raise
     if isinstance(source, FunctionSource):
         value = yield Invoke(source, rec.token() if rec else None)
         return source.parse_result(value, key)
@@ -247,7 +263,28 @@ def _refresh(ctx: FlowContext, rec: Record | None) -> Flow:
         except MalformedTokenResponse as exc:
             events.emit("refresh.failed", ctx.key, kind="malformed", detail=exc.field)
             raise
+        except _Rotated as rotated:
+            events.emit("refresh.failed", ctx.key, kind="malformed", detail=rotated.error.field)
+            yield from _keep_refresh_token(ctx, rec, rotated)
+            raise rotated.error from None
         return (yield from _commit(ctx, rec, grant, started))
+
+
+def _keep_refresh_token(
+    ctx: FlowContext, rec: Record | None, rotated: _Rotated
+) -> Generator[Op, Any, None]:
+    """An unusable answer that still carries a new refresh token: the provider has probably
+    rotated the old one, so store the new one (invariant 2) before reporting the error."""
+    base = rec or Record(ctx.key)
+    error = str(rotated.error)
+    while not (
+        yield Save(
+            base.successor(refresh_token=rotated.refresh_token, last_error=error), base.version
+        )
+    ):
+        latest: Record | None = yield Load(ctx.key)
+        base = latest or Record(ctx.key)
+    events.emit("store.refresh_token_kept", ctx.key, reason=rotated.error.field)
 
 
 def _refused(

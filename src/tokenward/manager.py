@@ -101,7 +101,10 @@ class TokenManager:
         lease_ttl: float = 30.0,
         lease_wait: float = 60.0,
         timeout: httpx2.Timeout | float = DEFAULT_TIMEOUT,
+        http_client: httpx2.Client | None = None,
     ) -> None:
+        """`http_client`: a client to send token requests with (shared by many managers, e.g.
+        one per credential in `tokenward.refresher`); it stays the caller's to close."""
         if store is None:
             from .stores.default import default_store
 
@@ -121,7 +124,8 @@ class TokenManager:
         self._flight: concurrent.futures.Future[Token] | None = None
         self._background_pending = False
         self._retry_not_before = 0.0
-        self._client: httpx2.Client | None = None
+        self._client: httpx2.Client | None = http_client
+        self._own_client = http_client is None
         self._ssl_context: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresher: threading.Thread | None = None
@@ -232,8 +236,9 @@ class TokenManager:
     def close(self) -> None:
         """Stop the refresher and release the HTTP client (the store is the caller's)."""
         self.stop()
-        if self._client is not None:
+        if self._client is not None and self._own_client:
             self._client.close()
+        if self._own_client:
             self._client = None
 
     def __enter__(self) -> TokenManager:

@@ -74,6 +74,11 @@ class HttpSource(Source, ABC):
     def parse_response(self, response: HttpResponse, credential: str) -> Token:
         """The token in `response`, or a classified error."""
 
+    def rotated_refresh_token(self, response: HttpResponse) -> str | None:
+        """A refresh token in an answer `parse_response` refused as malformed. The provider may
+        have rotated the old one already, so the flow stores this one before failing."""
+        return None
+
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds from a `Retry-After` header (delta-seconds or HTTP date); None if absent/bad."""

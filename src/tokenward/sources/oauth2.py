@@ -7,6 +7,7 @@ body as MercadoLibre wants) and the parsing of a standard token response.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -81,6 +82,14 @@ class _OAuth2Client(HttpSource):
 
     def parse_response(self, response: HttpResponse, credential: str) -> Token:
         return parse_token_response(response, credential)
+
+    def rotated_refresh_token(self, response: HttpResponse) -> str | None:
+        try:
+            payload = json.loads(response.body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        refresh = payload.get("refresh_token") if isinstance(payload, dict) else None
+        return refresh if isinstance(refresh, str) and refresh else None
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.token_url}, client_id={self.client_id!r})"

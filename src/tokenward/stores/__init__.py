@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import Record, State, Store
 from .dotenv import DotenvStore
+from .encrypted import EncryptedStore, Keyring, StoreDecryptionError
 from .file import JsonFileStore
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
@@ -19,12 +20,15 @@ _LAZY = {"RedisStore": ".redis", "PostgresStore": ".postgres"}
 
 __all__ = [
     "DotenvStore",
+    "EncryptedStore",
     "JsonFileStore",
+    "Keyring",
     "MemoryStore",
     "Record",
     "SQLiteStore",
     "State",
     "Store",
+    "StoreDecryptionError",
     "open_store",
     "register_scheme",
 ]

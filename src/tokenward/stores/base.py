@@ -14,6 +14,7 @@ them with native async code.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, replace
@@ -21,7 +22,7 @@ from typing import Any, Literal
 
 from ..token import Token, fingerprint
 
-__all__ = ["Record", "State", "Store"]
+__all__ = ["DUE_FRACTION", "DUE_MAX", "IDLE_OFFER_AFTER", "Record", "State", "Store", "due_time"]
 
 State = Literal["ok", "needs_reauth"]
 
@@ -95,6 +96,42 @@ class Record:
         )
 
 
+#: The due-queue's default refresh-due time: `DUE_FRACTION` of the token's lifetime before its
+#: expiry, at most `DUE_MAX` seconds before (earlier than the manager's own 5 % / 5 min window,
+#: so a refresher process gets there before callers do), and at the latest `IDLE_OFFER_AFTER`
+#: seconds after the last refresh: an idle credential is offered to refreshers once a day, and
+#: each refresher applies its own keep-alive period (`tokenward.refresher`, 30 days by default)
+#: by rescheduling it, so refresh tokens that lapse when unused are kept alive.
+DUE_FRACTION = 0.2
+DUE_MAX = 300.0
+IDLE_OFFER_AFTER = 86400.0
+
+
+def due_time(
+    record: Record,
+    *,
+    fraction: float = DUE_FRACTION,
+    max_lead: float = DUE_MAX,
+    keepalive_after: float | None = IDLE_OFFER_AFTER,
+    proactive: bool = True,
+) -> float | None:
+    """When `record` is next due for a refresh (wall clock), or None when it never is (a
+    credential waiting for re-authorization). Stores call this on every compare-and-set to keep
+    the due-queue in step with the records; refreshers call it with their own settings."""
+    if record.state != "ok":
+        return None
+    due: float | None = None
+    if proactive and record.expires_at is not None:
+        obtained = record.obtained_at if record.obtained_at is not None else record.updated_at
+        lifetime = max(record.expires_at - obtained, 0.0)
+        due = record.expires_at - min(lifetime * fraction, max_lead)
+    if keepalive_after is not None:
+        last = record.obtained_at if record.obtained_at is not None else record.updated_at
+        idle = last + keepalive_after
+        due = idle if due is None else min(due, idle)
+    return due
+
+
 def check_successor(record: Record, expected_version: int) -> None:
     """Stores call this first in `compare_and_set`: versions grow by exactly one."""
     if record.version != expected_version + 1:
@@ -102,6 +139,9 @@ def check_successor(record: Record, expected_version: int) -> None:
             f"record {record.key!r} has version {record.version}; a compare-and-set against "
             f"version {expected_version} must write version {expected_version + 1}"
         )
+
+
+_QUEUE_INIT = threading.Lock()
 
 
 class Store(ABC):
@@ -147,6 +187,55 @@ class Store(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Release connections and file handles."""
 
+    # Due-queue: optional. The defaults keep the queue in this object's memory and scan the
+    # records, which is right for single-process stores (memory, JSON file, dotenv). Shared
+    # stores (SQLite, Redis, PostgreSQL) keep it beside the records and claim atomically.
+    def schedule(self, key: str, due_at: float | None) -> None:
+        """Set when `key` is next due for a refresh (None: never, until its next write).
+
+        Stores that keep a due-queue derive it from every compare-and-set (`due_time`); a
+        refresher calls this to apply its own policy or to retry a failed refresh later."""
+        with self._queue_lock():
+            self._due_overrides()[key] = due_at
+
+    def claim_due(self, now: float, limit: int, owner: str, ttl: float) -> list[str]:
+        """Atomically claim up to `limit` keys due at `now` (earliest first) for `owner`: each
+        claimed key's due time moves to `now + ttl`, so no other worker gets it meanwhile, and a
+        worker that dies holding it only delays it by `ttl`. A claim only hands out work: the
+        refresh still goes through the lease and compare-and-set, so a key claimed twice is
+        still refreshed once."""
+        with self._queue_lock():
+            overrides = self._due_overrides()
+            due: list[tuple[float, str]] = []
+            for key in self.keys():
+                if key in overrides:
+                    when = overrides[key]
+                else:
+                    record = self.load(key)
+                    when = None if record is None else due_time(record)
+                if when is not None and when <= now:
+                    due.append((when, key))
+            claimed = [key for _when, key in sorted(due)[: max(limit, 0)]]
+            for key in claimed:
+                overrides[key] = now + ttl
+            return claimed
+
+    def _queue_lock(self) -> threading.Lock:
+        lock: threading.Lock | None = self.__dict__.get("_tw_queue_lock")
+        if lock is None:
+            with _QUEUE_INIT:
+                lock = self.__dict__.setdefault("_tw_queue_lock", threading.Lock())
+        return lock
+
+    def _due_overrides(self) -> dict[str, float | None]:
+        overrides: dict[str, float | None] = self.__dict__.setdefault("_tw_due", {})
+        return overrides
+
+    def _forget_due(self, key: str) -> None:
+        """Single-process stores: a write recomputes the key's due time from the record."""
+        with self._queue_lock():
+            self._due_overrides().pop(key, None)
+
     # Async API: worker-thread defaults, overridden by natively async stores.
     async def aload(self, key: str) -> Record | None:
         return await asyncio.to_thread(self.load, key)
@@ -171,6 +260,12 @@ class Store(ABC):
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+    async def aschedule(self, key: str, due_at: float | None) -> None:
+        await asyncio.to_thread(self.schedule, key, due_at)
+
+    async def aclaim_due(self, now: float, limit: int, owner: str, ttl: float) -> list[str]:
+        return await asyncio.to_thread(self.claim_due, now, limit, owner, ttl)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.location!r})"

@@ -31,9 +31,11 @@ class MemoryStore(Store):
             if (current.version if current else 0) != expected_version:
                 return False
             self._records[record.key] = record
-            return True
+        self._forget_due(record.key)  # the due-queue follows the new record
+        return True
 
     def delete(self, key: str) -> bool:
+        self._forget_due(key)
         with self._lock:
             self._leases.pop(key, None)
             return self._records.pop(key, None) is not None

@@ -15,6 +15,10 @@ ever held between calls:
 - leases are rows `(key, owner, expires_at)` timed by the database clock (`now()`), so clients'
   clocks do not matter. Acquiring is one upsert that only overwrites a lease held by the same
   owner or already expired; renew and release are owner-checked.
+- the due-queue is the indexed column `records.due_at` (migration 2), set by every
+  compare-and-set (`due_time`). `claim_due` is one `UPDATE ... FROM (SELECT ... ORDER BY due_at
+  LIMIT n FOR UPDATE SKIP LOCKED)`: concurrent workers skip each other's rows instead of
+  waiting, and each claimed row's `due_at` moves to `now + ttl`.
 
 The sync methods use a `psycopg_pool.ConnectionPool`; the async ones an `AsyncConnectionPool`
 per event loop (an async connection belongs to the loop that opened it). Pools are opened on
@@ -39,7 +43,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from ..errors import StoreCorrupted, StoreError
-from .base import Record, Store, check_successor
+from .base import Record, Store, check_successor, due_time
 from .file import record_from_data
 from .url import redact_url
 
@@ -54,6 +58,16 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CHECK (version >= 1), data jsonb NOT NULL, updated_at double precision NOT NULL)",
             "CREATE TABLE {s}.leases (key text PRIMARY KEY, owner text NOT NULL, "
             "expires_at timestamptz NOT NULL)",
+        ],
+    ),
+    (
+        2,
+        [
+            # The due-queue. Existing rows start with no due time: `tokenward refresher
+            # --backfill` (or `Refresher.backfill()`) schedules them.
+            "ALTER TABLE {s}.records ADD COLUMN due_at double precision, "
+            "ADD COLUMN claimed_by text",
+            "CREATE INDEX records_due_at ON {s}.records (due_at) WHERE due_at IS NOT NULL",
         ],
     ),
 ]
@@ -83,12 +97,18 @@ class _Statements:
         self.migrations = [(version, [q(s) for s in steps]) for version, steps in MIGRATIONS]
         self.load = q("SELECT version, data FROM {s}.records WHERE key = %s")
         self.insert = q(
-            "INSERT INTO {s}.records (key, version, data, updated_at) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (key) DO NOTHING"
+            "INSERT INTO {s}.records (key, version, data, updated_at, due_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING"
         )
         self.update = q(
-            "UPDATE {s}.records SET version = %s, data = %s, updated_at = %s "
-            "WHERE key = %s AND version = %s"
+            "UPDATE {s}.records SET version = %s, data = %s, updated_at = %s, due_at = %s, "
+            "claimed_by = NULL WHERE key = %s AND version = %s"
+        )
+        self.schedule = q("UPDATE {s}.records SET due_at = %s WHERE key = %s")
+        self.claim = q(
+            "UPDATE {s}.records AS r SET due_at = %s, claimed_by = %s FROM ("
+            "SELECT key FROM {s}.records WHERE due_at <= %s ORDER BY due_at LIMIT %s "
+            "FOR UPDATE SKIP LOCKED) AS due WHERE r.key = due.key RETURNING r.key"
         )
         self.delete = q(
             "WITH lease AS (DELETE FROM {s}.leases WHERE key = %s) "
@@ -156,9 +176,8 @@ class PostgresStore(Store):
     # --- sync API -----------------------------------------------------------------------------
 
     def load(self, key: str) -> Record | None:
-        with self._errors("read"), self._connection() as conn:
-            row = conn.execute(self._sql.load, (key,)).fetchone()
-        return None if row is None else self._record_of(key, row[0], row[1])
+        rows = self._read("read", self._sql.load, (key,))
+        return None if not rows else self._record_of(key, rows[0][0], rows[0][1])
 
     def compare_and_set(self, record: Record, expected_version: int) -> bool:
         check_successor(record, expected_version)
@@ -171,9 +190,7 @@ class PostgresStore(Store):
             return conn.execute(self._sql.delete, (key, key)).rowcount == 1
 
     def keys(self, prefix: str = "") -> list[str]:
-        with self._errors("list keys"), self._connection() as conn:
-            rows = conn.execute(self._sql.keys, (prefix,)).fetchall()
-        return sorted(row[0] for row in rows)
+        return sorted(row[0] for row in self._read("list keys", self._sql.keys, (prefix,)))
 
     def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         with self._errors("acquire lease"), self._connection() as conn:
@@ -187,6 +204,18 @@ class PostgresStore(Store):
         with self._errors("release lease"), self._connection() as conn:
             return conn.execute(self._sql.release, (key, owner)).rowcount == 1
 
+    def schedule(self, key: str, due_at: float | None) -> None:
+        with self._errors("schedule"), self._connection() as conn:
+            conn.execute(self._sql.schedule, (due_at, key))
+
+    def claim_due(self, now: float, limit: int, owner: str, ttl: float) -> list[str]:
+        if limit <= 0:
+            return []
+        params = (float(now + ttl), owner, float(now), int(limit))
+        with self._errors("claim due keys"), self._connection() as conn:
+            rows = conn.execute(self._sql.claim, params).fetchall()
+        return [row[0] for row in rows]
+
     def close(self) -> None:
         """Close the sync pool; async pools are dropped (`aclose` closes the current loop's)."""
         self._async.clear()
@@ -198,11 +227,8 @@ class PostgresStore(Store):
     # --- async API ----------------------------------------------------------------------------
 
     async def aload(self, key: str) -> Record | None:
-        with self._errors("read"):
-            pool = await self._apool()
-            async with pool.connection() as conn:
-                row = await (await conn.execute(self._sql.load, (key,))).fetchone()
-        return None if row is None else self._record_of(key, row[0], row[1])
+        rows = await self._aread("read", self._sql.load, (key,))
+        return None if not rows else self._record_of(key, rows[0][0], rows[0][1])
 
     async def acompare_and_set(self, record: Record, expected_version: int) -> bool:
         check_successor(record, expected_version)
@@ -213,11 +239,7 @@ class PostgresStore(Store):
         return await self._arowcount("delete", self._sql.delete, (key, key))
 
     async def akeys(self, prefix: str = "") -> list[str]:
-        with self._errors("list keys"):
-            pool = await self._apool()
-            async with pool.connection() as conn:
-                rows = await (await conn.execute(self._sql.keys, (prefix,))).fetchall()
-        return sorted(row[0] for row in rows)
+        return sorted(row[0] for row in await self._aread("list keys", self._sql.keys, (prefix,)))
 
     async def aacquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         return await self._arowcount("acquire lease", self._sql.acquire, (key, owner, float(ttl)))
@@ -234,6 +256,37 @@ class PostgresStore(Store):
         if task is not None and task.done() and not task.cancelled() and not task.exception():
             await task.result().close()
         await asyncio.to_thread(self.close)
+
+    # Reads are retried on a dropped connection (a server restart, a terminated backend, a
+    # failover): the pool discards the broken connection and the next attempt gets a new one.
+    # Writes are not: whether a write that lost its connection committed is unknown, and the
+    # refresh flow already handles a failed compare-and-set by reloading.
+    _READ_ATTEMPTS = 3
+
+    def _read(self, action: str, statement: sql.Composed, params: tuple[Any, ...]) -> list[Any]:
+        with self._errors(action):
+            for attempt in range(1, self._READ_ATTEMPTS + 1):
+                try:
+                    with self._connection() as conn:
+                        return conn.execute(statement, params).fetchall()
+                except psycopg.OperationalError:
+                    if attempt == self._READ_ATTEMPTS:
+                        raise
+        raise AssertionError("unreachable")
+
+    async def _aread(
+        self, action: str, statement: sql.Composed, params: tuple[Any, ...]
+    ) -> list[Any]:
+        with self._errors(action):
+            for attempt in range(1, self._READ_ATTEMPTS + 1):
+                try:
+                    pool = await self._apool()
+                    async with pool.connection() as conn:
+                        return await (await conn.execute(statement, params)).fetchall()
+                except psycopg.OperationalError:
+                    if attempt == self._READ_ATTEMPTS:
+                        raise
+        raise AssertionError("unreachable")
 
     # --- pools and schema ---------------------------------------------------------------------
 
@@ -378,12 +431,14 @@ class PostgresStore(Store):
 
     def _cas(self, record: Record, expected_version: int) -> tuple[sql.Composed, tuple[Any, ...]]:
         data = Jsonb(record.to_dict())
+        due = due_time(record)
         if expected_version == 0:
-            return self._sql.insert, (record.key, record.version, data, record.updated_at)
+            return self._sql.insert, (record.key, record.version, data, record.updated_at, due)
         return self._sql.update, (
             record.version,
             data,
             record.updated_at,
+            due,
             record.key,
             expected_version,
         )

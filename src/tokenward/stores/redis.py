@@ -6,7 +6,10 @@ Layout, under a key prefix (default `tokenward:`):
 - `{prefix}lease:{key}` - a string holding the owner, with the lease's TTL as its expiry (the
   server's clock decides when a lease has expired, so clients' clocks do not matter);
 - `{prefix}keys` - a sorted set of the record keys, all with score 0, so `keys(prefix)` is one
-  `ZRANGEBYLEX` over a sorted range (deterministic, no `SCAN` over the whole keyspace).
+  `ZRANGEBYLEX` over a sorted range (deterministic, no `SCAN` over the whole keyspace);
+- `{prefix}due` - the due-queue: a sorted set of record keys scored by the time (Unix seconds)
+  each is next due for a refresh. Every compare-and-set sets the score (`due_time`), and
+  `claim_due` is one script: `ZRANGEBYSCORE` the due ones, then `ZADD` them to `now + ttl`.
 
 Compare-and-set and the three lease operations are Lua scripts: each runs atomically on the
 server and checks the version or the owner before writing. A lease is only ever renewed or
@@ -38,13 +41,14 @@ import redis.connection
 from redis.commands.core import AsyncScript, Script
 
 from ..errors import StoreCorrupted, StoreError
-from .base import Record, Store, check_successor
+from .base import Record, Store, check_successor, due_time
 from .file import record_from_data
 from .url import redact_url
 
 __all__ = ["RedisStore"]
 
-# KEYS: record, index. ARGV: expected version, new version, data, record key.
+# KEYS: record, index, due. ARGV: expected version, new version, data, record key, due time
+# ('' when never due).
 _CAS = """
 local current = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == '0' then
@@ -54,7 +58,28 @@ elseif current ~= ARGV[1] then
 end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'data', ARGV[3])
 redis.call('ZADD', KEYS[2], 0, ARGV[4])
+if ARGV[5] == '' then
+  redis.call('ZREM', KEYS[3], ARGV[4])
+else
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+end
 return 1
+"""
+# KEYS: due. ARGV: now, limit, claimed until.
+_CLAIM = """
+local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, key in ipairs(keys) do
+  redis.call('ZADD', KEYS[1], ARGV[3], key)
+end
+return keys
+"""
+# KEYS: record, due. ARGV: record key, due time ('' when never due). Only existing records.
+_SCHEDULE = """
+if ARGV[2] == '' then
+  return redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 """
 # KEYS: lease. ARGV: owner, ttl in milliseconds.
 _ACQUIRE = """
@@ -74,13 +99,22 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 """
-# KEYS: record, lease, index. ARGV: record key.
+# KEYS: record, lease, index, due. ARGV: record key.
 _DELETE = """
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return redis.call('DEL', KEYS[1])
 """
-_SCRIPTS = {"cas": _CAS, "acquire": _ACQUIRE, "renew": _RENEW, "release": _RELEASE, "del": _DELETE}
+_SCRIPTS = {
+    "cas": _CAS,
+    "acquire": _ACQUIRE,
+    "renew": _RENEW,
+    "release": _RELEASE,
+    "del": _DELETE,
+    "claim": _CLAIM,
+    "schedule": _SCHEDULE,
+}
 
 _TIMEOUTS = {"socket_connect_timeout": 10.0, "socket_timeout": 30.0}
 
@@ -110,6 +144,7 @@ class RedisStore(Store):
     def __init__(self, url_or_client: str | redis.Redis, *, prefix: str = "tokenward:") -> None:
         self.prefix = prefix
         self._index = f"{prefix}keys"
+        self._due = f"{prefix}due"
         if isinstance(url_or_client, str):
             self._url: str | None = url_or_client
             try:
@@ -171,7 +206,7 @@ class RedisStore(Store):
             return bool(self._scripts["cas"](keys=keys, args=args))
 
     def delete(self, key: str) -> bool:
-        keys = [self._record_key(key), self._lease_key(key), self._index]
+        keys = [self._record_key(key), self._lease_key(key), self._index, self._due]
         with self._errors("delete"):
             return bool(self._scripts["del"](keys=keys, args=[key]))
 
@@ -199,6 +234,19 @@ class RedisStore(Store):
         with self._errors("release lease"):
             return bool(self._scripts["release"](keys=[self._lease_key(key)], args=[owner]))
 
+    def schedule(self, key: str, due_at: float | None) -> None:
+        args = [key, "" if due_at is None else repr(float(due_at))]
+        with self._errors("schedule"):
+            self._scripts["schedule"](keys=[self._record_key(key), self._due], args=args)
+
+    def claim_due(self, now: float, limit: int, owner: str, ttl: float) -> list[str]:
+        if limit <= 0:
+            return []
+        args: list[str | int] = [repr(float(now)), int(limit), repr(float(now + ttl))]
+        with self._errors("claim due keys"):
+            claimed = self._scripts["claim"](keys=[self._due], args=args)
+        return [_text(key) for key in claimed]
+
     def close(self) -> None:
         """Close the sync connections; async clients are dropped (use `aclose` in a loop to
         close the current loop's client cleanly)."""
@@ -222,7 +270,7 @@ class RedisStore(Store):
             return bool(await side.scripts["cas"](keys=keys, args=args))
 
     async def adelete(self, key: str) -> bool:
-        keys = [self._record_key(key), self._lease_key(key), self._index]
+        keys = [self._record_key(key), self._lease_key(key), self._index, self._due]
         side = self._side()
         with self._errors("delete"):
             return bool(await side.scripts["del"](keys=keys, args=[key]))
@@ -301,8 +349,15 @@ class RedisStore(Store):
 
     def _cas_args(self, record: Record, expected_version: int) -> tuple[list[str], list[Any]]:
         data = json.dumps(record.to_dict(), separators=(",", ":"), sort_keys=True)
-        keys = [self._record_key(record.key), self._index]
-        return keys, [str(expected_version), str(record.version), data, record.key]
+        keys = [self._record_key(record.key), self._index, self._due]
+        due = due_time(record)
+        return keys, [
+            str(expected_version),
+            str(record.version),
+            data,
+            record.key,
+            "" if due is None else repr(float(due)),
+        ]
 
     def _record_of(self, key: str, version: Any, data: Any) -> Record | None:
         if version is None and data is None:

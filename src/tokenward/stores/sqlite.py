@@ -15,6 +15,10 @@ process. Per-thread connections read in parallel and let SQLite's own locking ar
 exactly as it does between processes. A connection is dropped (and closed) with its thread, is
 never reused after a fork, and `close()` closes them all.
 
+The due-queue is the indexed column `records.due_at` (schema version 2; a version-1 file is
+upgraded in place on open), set by every compare-and-set; `claim_due` selects and moves the due
+rows inside one `BEGIN IMMEDIATE` transaction, so two processes never claim the same row at once.
+
 A file that is not a SQLite database, or a database without our schema (or with a newer schema
 version), raises `StoreCorrupted` and is never written to.
 """
@@ -32,22 +36,30 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import StoreCorrupted, StoreError
-from .base import Record, Store, check_successor
+from .base import Record, Store, check_successor, due_time
 from .file import FILE_MODE, make_private_dir, record_from_data
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TABLES = {
     "meta": "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "records": (
         "CREATE TABLE records (key TEXT PRIMARY KEY, version INTEGER NOT NULL, "
-        "data TEXT NOT NULL, updated_at REAL NOT NULL)"
+        "data TEXT NOT NULL, updated_at REAL NOT NULL, due_at REAL, claimed_by TEXT)"
     ),
     "leases": (
         "CREATE TABLE leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)"
     ),
 }
+#: Upgrades from each older schema version to the next (version 1 had no due-queue).
+UPGRADES: dict[int, list[str]] = {
+    1: [
+        "ALTER TABLE records ADD COLUMN due_at REAL",
+        "ALTER TABLE records ADD COLUMN claimed_by TEXT",
+    ],
+}
+INDEXES = ["CREATE INDEX IF NOT EXISTS records_due_at ON records (due_at) WHERE due_at IS NOT NULL"]
 _ACQUIRE = (
     "INSERT INTO leases (key, owner, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
@@ -112,18 +124,19 @@ class SQLiteStore(Store):
     def compare_and_set(self, record: Record, expected_version: int) -> bool:
         check_successor(record, expected_version)
         data = json.dumps(record.to_dict(), separators=(",", ":"), sort_keys=True)
+        due = due_time(record)
         with self._transaction("compare-and-set") as conn:
             if expected_version == 0:
                 cursor = conn.execute(
-                    "INSERT INTO records (key, version, data, updated_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (key) DO NOTHING",
-                    (record.key, record.version, data, record.updated_at),
+                    "INSERT INTO records (key, version, data, updated_at, due_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                    (record.key, record.version, data, record.updated_at, due),
                 )
             else:
                 cursor = conn.execute(
-                    "UPDATE records SET version = ?, data = ?, updated_at = ? "
-                    "WHERE key = ? AND version = ?",
-                    (record.version, data, record.updated_at, record.key, expected_version),
+                    "UPDATE records SET version = ?, data = ?, updated_at = ?, due_at = ?, "
+                    "claimed_by = NULL WHERE key = ? AND version = ?",
+                    (record.version, data, record.updated_at, due, record.key, expected_version),
                 )
             return cursor.rowcount == 1
 
@@ -155,6 +168,24 @@ class SQLiteStore(Store):
         return self._change(
             "release lease", "DELETE FROM leases WHERE key = ? AND owner = ?", (key, owner)
         )
+
+    def schedule(self, key: str, due_at: float | None) -> None:
+        self._change("schedule", "UPDATE records SET due_at = ? WHERE key = ?", (due_at, key))
+
+    def claim_due(self, now: float, limit: int, owner: str, ttl: float) -> list[str]:
+        if limit <= 0:
+            return []
+        with self._transaction("claim due keys") as conn:
+            rows = conn.execute(
+                "SELECT key FROM records WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            keys = [row[0] for row in rows]
+            conn.executemany(
+                "UPDATE records SET due_at = ?, claimed_by = ? WHERE key = ?",
+                [(now + ttl, owner, key) for key in keys],
+            )
+        return keys
 
     def close(self) -> None:
         with self._guard:
@@ -210,7 +241,8 @@ class SQLiteStore(Store):
         with self._errors("open"):
             if not self._tables(conn):
                 self._create_schema(conn)
-            self._check_schema(conn)
+            if self._check_schema(conn) < SCHEMA_VERSION:
+                self._upgrade_schema(conn)
             conn.execute("PRAGMA journal_mode = WAL")
 
     def _tables(self, conn: _Connection) -> set[str]:
@@ -221,7 +253,7 @@ class SQLiteStore(Store):
         conn.execute("BEGIN IMMEDIATE")
         try:
             if not self._tables(conn):  # another process may have created it meanwhile
-                for statement in TABLES.values():
+                for statement in [*TABLES.values(), *INDEXES]:
                     conn.execute(statement)
                 conn.execute(
                     "INSERT INTO meta (name, value) VALUES ('schema_version', ?)",
@@ -232,7 +264,26 @@ class SQLiteStore(Store):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
 
-    def _check_schema(self, conn: _Connection) -> None:
+    def _upgrade_schema(self, conn: _Connection) -> None:
+        """Bring an older schema up to date, once, under the write lock."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._check_schema(conn)  # another process may have upgraded meanwhile
+            while version < SCHEMA_VERSION:
+                for statement in UPGRADES[version]:
+                    conn.execute(statement)
+                version += 1
+            for statement in INDEXES:
+                conn.execute(statement)
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    def _check_schema(self, conn: _Connection) -> int:
         tables = self._tables(conn)
         if not set(TABLES) <= tables:
             found = ", ".join(sorted(tables)) or "none"
@@ -247,6 +298,7 @@ class SQLiteStore(Store):
                 f"schema version {version} is newer than this tokenward supports "
                 f"({SCHEMA_VERSION}); upgrade tokenward",
             )
+        return version
 
     # --- statements ---------------------------------------------------------------------------
 

@@ -1,0 +1,792 @@
+"""The broker's ASGI app (FastAPI): proxy, token vending, sessions, admin, health, metrics.
+
+    app = create_app(load_config())          # or create_app("tokenward.toml")
+    uvicorn.run(app, host="127.0.0.1", port=8421)
+
+Every route but `/healthz`, `/readyz`, `/metrics` and the OpenAPI document needs a client key
+(`Authorization: Bearer twk_...`) and stays within the client's policy. Errors are JSON
+`{"error": code, "reason": text}`; no answer, header or log line carries a secret other than
+a vended token in the body of the vending and session answers. Each action writes one line on
+the `tokenward.audit` logger (client, credential, action, status, token fingerprint).
+
+What is shared between replicas: every credential's record and lease, in the configured store
+(Redis or PostgreSQL for several replicas), so N replicas still refresh a credential once per
+expiry. What is per replica: sessions (see `broker.sessions`), rate buckets, metrics counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Annotated, Any
+
+import httpx2
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..config import Config, CredentialConfig
+from ..errors import TokenwardError
+from ..flow import mint_flow, run_async
+from ..manager import TokenManager
+from ..retry import RetryPolicy
+from ..sessions import AsyncSession, HeyGenStreaming, SessionHooks, Sessions
+from ..stores.base import Store
+from ..token import Token, fingerprint
+from .auth import BrokerError, ClientRegistry
+from .config import BrokerConfig, ClientEntry, Limits, load_broker
+from .metrics import BrokerMetrics
+from .paths import UnsafePath, join_upstream, upstream_path
+from .proxy import (
+    BodyTooLarge,
+    limited,
+    read_limited,
+    request_headers,
+    response_headers,
+    send_with_replay,
+    unavailable,
+)
+from .sessions import SessionRegistry
+
+__all__ = ["create_app"]
+
+audit_logger = logging.getLogger("tokenward.audit")
+PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_PROXY_PREFIX = "/v1/proxy/"
+#: The files of examples/browser-session, served under /examples/browser-session/ ("" is the
+#: page itself); anything else answers 404.
+_EXAMPLE_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "session.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+#: How many minted-token fingerprints a credential remembers to refuse a repeated token.
+_REMEMBER_MINTED = 100_000
+
+
+# -- API models (the OpenAPI document) -------------------------------------------------------------
+class ErrorOut(BaseModel):
+    error: str
+    reason: str
+
+
+class TokenOut(BaseModel):
+    token: str
+    token_type: str
+    expires_at: float | None
+    fingerprint: str
+
+
+class SessionIn(BaseModel):
+    credential: str
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    token: str
+    expires_at: float | None
+    fingerprint: str
+    upstream_session_id: str | None = None
+    upstream: dict[str, Any] = {}
+
+
+class KeepaliveOut(BaseModel):
+    session_id: str
+    idle_timeout: float
+
+
+class CredentialOut(BaseModel):
+    name: str
+    grant: str
+    session_scoped: bool
+    state: str
+    version: int
+    fingerprint: str
+    expires_at: float | None
+    expires_in: float | None
+    refresh_count: int
+    has_refresh_token: bool
+    last_error: str | None
+
+
+class RefreshOut(BaseModel):
+    name: str
+    fingerprint: str
+    version: int
+    expires_at: float | None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 429, 503)
+}
+#: Also 502: the upstream failed (opening a session, a keepalive, a minted token).
+_UPSTREAM_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 502: {"model": ErrorOut}}
+#: The proxy answers with the upstream's own status, headers and body, whatever they are; its
+#: own errors are JSON `ErrorOut`s.
+_PROXIED: dict[int | str, dict[str, Any]] = {
+    "default": {
+        "description": "The upstream's answer as it is (any status, headers and body), or the "
+        "broker's own error, an ErrorOut (JSON): 400 (unsafe path), 401, 403, 404, 413, 429, "
+        "502 (upstream unreachable), 503 (no token), 504 (upstream timeout).",
+        "content": {"*/*": {}},
+    }
+}
+
+
+# -- credentials at run time -----------------------------------------------------------------------
+@dataclass
+class _Credential:
+    """A configured credential, its manager (built on first use: secrets are resolved then,
+    so one missing secret does not take the other credentials down) and, for session-scoped
+    ones, its `Sessions`."""
+
+    config: CredentialConfig
+    store: Store
+    _manager: TokenManager | None = None
+    _sessions: Sessions | None = None
+    _issued: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def base_url(self) -> str | None:
+        value = self.config.settings.get("base_url")
+        return str(value) if value else None
+
+    @property
+    def mints(self) -> bool:
+        """Session-scoped and API-key-exchange tokens are minted per call, never cached."""
+        return bool(self.config.settings.get("session_scoped")) or self.config.grant == "api_key"
+
+    @property
+    def manager(self) -> TokenManager:
+        if self._manager is None:
+            self._manager = self.config.manager(self.store)
+        return self._manager
+
+    @property
+    def sessions(self) -> Sessions:
+        if self._sessions is None:
+            if not self.config.settings.get("session_scoped"):
+                raise BrokerError(
+                    400, "not_session_scoped", f"credential {self.name!r} has no sessions"
+                )
+            hooks: SessionHooks = (
+                HeyGenStreaming(keep_alive_interval=None)  # clients drive keepalive
+                if self.config.settings.get("preset") == "heygen"
+                else SessionHooks()
+            )
+            self._sessions = Sessions(
+                self.manager.source, key=self.name, base_url=self.base_url or "", hooks=hooks
+            )
+        return self._sessions
+
+    async def mint(self, client: httpx2.AsyncClient) -> Token:
+        """A brand-new token (never cached, never stored, never handed out twice)."""
+        token = await run_async(
+            mint_flow(self.manager.source, self.name, RetryPolicy()), None, client
+        )
+        if token.fingerprint in self._issued:
+            raise BrokerError(502, "token_reused", f"{self.name}: the provider repeated a token")
+        self._issued[token.fingerprint] = None
+        while len(self._issued) > _REMEMBER_MINTED:  # bounded: fingerprints of recent tokens
+            self._issued.popitem(last=False)
+        return token
+
+    def close(self) -> None:
+        if self._manager is not None:
+            self._manager.close()
+        if self._sessions is not None:
+            self._sessions.close()
+
+
+class Broker:
+    """Everything the routes share (kept on `app.state.broker`)."""
+
+    def __init__(self, config: Config, settings: BrokerConfig) -> None:
+        self.config = config
+        self.settings = settings
+        self.limits: Limits = settings.limits
+        self.clients = ClientRegistry(settings.clients)
+        self.credentials = {
+            name: _Credential(cc, config.store_for(cc)) for name, cc in config.credentials.items()
+        }
+        self.sessions = SessionRegistry(self.limits.session_idle_timeout)
+        self.metrics = BrokerMetrics(lambda: {n: (n, c.store) for n, c in self.credentials.items()})
+        self.http: httpx2.AsyncClient | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        # No redirects: a 30x to another host must reach the client, not be followed with a
+        # token attached.
+        self.http = httpx2.AsyncClient(
+            timeout=httpx2.Timeout(self.limits.upstream_timeout), follow_redirects=False
+        )
+
+        self.metrics.attach()
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self.sessions.close_all()
+        if self.http is not None:
+            await self.http.aclose()
+        for credential in self.credentials.values():
+            credential.close()
+        self.metrics.detach()
+        self.config.close()
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.reap_interval)
+            try:
+                for session in await self.sessions.reap():
+                    self.audit(
+                        session.client,
+                        session.credential,
+                        "session.reap",
+                        200,
+                        session.fingerprint,
+                        session=session.id,
+                    )
+            except Exception as exc:  # the reaper must survive one bad session
+                audit_logger.warning("session.reap failed: %s", type(exc).__name__)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def credential(self, client: ClientEntry, name: str) -> _Credential:
+        found = self.credentials.get(name)
+        if not client.policy.allows_credential(name):
+            raise BrokerError(
+                403, "forbidden", f"client {client.name!r} may not use credential {name!r}"
+            )
+        if found is None:
+            raise BrokerError(404, "not_found", f"no credential {name!r}")
+        return found
+
+    def audit(
+        self,
+        client: str | None,
+        credential: str | None,
+        action: str,
+        status: int,
+        token: Token | str | None = None,
+        **fields: Any,
+    ) -> None:
+        """One line per action on `tokenward.audit`; a token only by its fingerprint."""
+        shown = token.fingerprint if isinstance(token, Token) else token
+        self.metrics.requests.labels(action, str(status)).inc()
+        extra: dict[str, Any] = {"client": client, "credential": credential, "action": action}
+        extra.update(status=status, token_fingerprint=shown or "-", **fields)
+        text = " ".join(f"{k}={v}" for k, v in extra.items() if v is not None)
+        audit_logger.info("%s", text, extra={"audit": extra})
+
+
+# -- CORS ------------------------------------------------------------------------------------------
+class _Cors:
+    """Answers preflights and labels answers for allowed origins (plain ASGI middleware).
+
+    A preflight carries no client key, so it is allowed when *some* client lists the origin;
+    the real request is then checked against its own client's `cors_origins` (403 otherwise).
+    """
+
+    def __init__(self, app: ASGIApp, clients: ClientRegistry) -> None:
+        self.app = app
+        self.clients = clients
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin")
+        allowed = origin is not None and origin in self.clients.origins()
+        if scope["method"] == "OPTIONS" and origin and "access-control-request-method" in headers:
+            await self._preflight(origin, allowed, headers, scope, receive, send)
+            return
+        if not allowed:
+            await self.app(scope, receive, send)
+            return
+
+        async def labelled(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = [
+                    (b"access-control-allow-origin", origin.encode("latin-1")),  # type: ignore[union-attr]
+                    (b"vary", b"Origin"),
+                    (b"access-control-expose-headers", b"Retry-After, Content-Length"),
+                ]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, labelled)
+
+    async def _preflight(
+        self,
+        origin: str,
+        allowed: bool,
+        headers: dict[str, str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        if not allowed:
+            body = {"error": "cors_forbidden", "reason": "origin not allowed by any client"}
+            response: Response = JSONResponse(body, 403)
+        else:
+            requested = headers.get("access-control-request-headers", "authorization, content-type")
+            response = Response(
+                status_code=204,
+                headers={
+                    "Access-Control-Allow-Origin": origin,
+                    "Access-Control-Allow-Methods": ", ".join(PROXY_METHODS),
+                    "Access-Control-Allow-Headers": requested,
+                    "Access-Control-Max-Age": "600",
+                    "Vary": "Origin",
+                },
+            )
+        await response(scope, receive, send)
+
+
+# -- the app ---------------------------------------------------------------------------------------
+_bearer = HTTPBearer(auto_error=False, description="A broker client key: twk_...")
+
+
+def _broker(request: Request) -> Broker:
+    broker: Broker = request.app.state.broker
+    return broker
+
+
+async def _client(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ClientEntry:
+    """Authenticate the client, check its origin, take a token from its rate bucket."""
+    broker = _broker(request)
+    try:
+        if len(request.headers.getlist("authorization")) > 1:  # which one would count?
+            raise BrokerError(400, "bad_request", "send exactly one Authorization header")
+        client = broker.clients.authenticate(request.headers.get("authorization"))
+        origin = request.headers.get("origin")
+        if origin is not None and origin not in client.policy.cors_origins:
+            own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+            if origin != own:
+                raise BrokerError(
+                    403, "origin_forbidden", f"origin not allowed for client {client.name!r}"
+                )
+        broker.clients.throttle(client)
+    except BrokerError as exc:
+        broker.audit(None, None, "auth", exc.status, path=request.url.path, error=exc.error)
+        raise
+    return client
+
+
+Client = Annotated[ClientEntry, Depends(_client)]
+
+
+def _error(exc: BrokerError) -> JSONResponse:
+    return JSONResponse({"error": exc.error, "reason": exc.reason}, exc.status, exc.headers)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    """Routing errors (404, 405) in the broker's error format."""
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse({"error": code, "reason": str(exc.detail)}, exc.status_code, exc.headers)
+
+
+def create_app(
+    config: Config | str | os.PathLike[str] | None = None, broker: BrokerConfig | None = None
+) -> FastAPI:
+    """The broker app. `config`: a loaded `Config` (then `broker` gives the `[broker]`
+    settings, default: no clients), or a configuration file path (or None: found as usual),
+    whose `[broker]` table is read."""
+    if not isinstance(config, Config):
+        config, broker = load_broker(config)
+    state = Broker(config, broker or BrokerConfig())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="tokenward broker",
+        version="1",
+        summary="Proxy, token vending and session tokens for API credentials kept alive.",
+        lifespan=lifespan,
+    )
+    app.state.broker = state
+    app.add_exception_handler(BrokerError, lambda _r, exc: _error(exc))
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    _routes(app, state)
+    app.add_middleware(_Cors, clients=state.clients)
+    return app
+
+
+def _routes(app: FastAPI, state: Broker) -> None:
+    limits = state.limits
+
+    if state.settings.examples:
+
+        @app.get("/examples/session", tags=["examples"], response_class=HTMLResponse)
+        async def example_session() -> HTMLResponse:
+            """A page that opens, keeps alive and closes a session from the browser."""
+            page = resources.files("tokenward.broker").joinpath("examples/session.html")
+            return HTMLResponse(page.read_text(encoding="utf-8"))
+
+        @app.get(
+            "/examples/browser-session/{name:path}", tags=["examples"], include_in_schema=False
+        )
+        async def example_browser_session(name: str) -> Response:
+            """examples/browser-session: start and stop sessions as a streaming frontend does."""
+            name = name or "index.html"
+            kind = _EXAMPLE_FILES.get(name)
+            if kind is None:
+                raise BrokerError(404, "not_found", f"no example file {name!r}")
+            folder = resources.files("tokenward.broker").joinpath("examples/browser-session")
+            text = folder.joinpath(name).read_text(encoding="utf-8")
+            return Response(text, media_type=kind, headers={"Cache-Control": "no-store"})
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"model": ErrorOut}})
+    async def readyz() -> Response:
+        """Every store the credentials use is reachable."""
+        stores = {id(c.store): c.store for c in state.credentials.values()}
+        for store in stores.values():
+            try:
+                await store.aload("tokenward:readyz")
+            except Exception as exc:
+                body = {"error": "store_unreachable", "reason": type(exc).__name__}
+                return JSONResponse(body, 503)
+        return JSONResponse({"status": "ready", "stores": len(stores)})
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text format (store reads run off the event loop)."""
+        body = await asyncio.to_thread(state.metrics.render)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/credentials", tags=["credentials"], responses=_ERRORS)
+    async def list_credentials(client: Client) -> list[CredentialOut]:
+        """State, expiry and refresh counts of the credentials the client may use."""
+        out = []
+        now = time.time()
+        for name, cred in sorted(state.credentials.items()):
+            if not client.policy.allows_credential(name):
+                continue
+            record = await cred.store.aload(name)
+            expires_at = record.expires_at if record else None
+            out.append(
+                CredentialOut(
+                    name=name,
+                    grant=cred.config.grant,
+                    session_scoped=bool(cred.config.settings.get("session_scoped")),
+                    state=record.state if record else "empty",
+                    version=record.version if record else 0,
+                    fingerprint=fingerprint(record.access_token if record else None),
+                    expires_at=expires_at,
+                    expires_in=None if expires_at is None else expires_at - now,
+                    refresh_count=record.refresh_count if record else 0,
+                    has_refresh_token=bool(record and record.refresh_token),
+                    last_error=record.last_error if record else None,
+                )
+            )
+        state.audit(client.name, None, "credentials.list", 200, count=len(out))
+        return out
+
+    @app.post("/v1/credentials/{name}/refresh", tags=["credentials"], responses=_ERRORS)
+    async def refresh(name: str, client: Client) -> RefreshOut:
+        """Refresh now (one refresh across replicas however many ask). Needs `admin`."""
+        cred = state.credential(client, name)
+        if not client.policy.admin:
+            raise BrokerError(403, "forbidden", f"client {client.name!r} may not force refreshes")
+        try:
+            token = await cred.manager.arefresh()
+        except TokenwardError as exc:
+            state.audit(client.name, name, "credential.refresh", 503, error=type(exc).__name__)
+            raise unavailable(name, exc) from None
+        state.audit(client.name, name, "credential.refresh", 200, token)
+        return RefreshOut(
+            name=name,
+            fingerprint=token.fingerprint,
+            version=token.version,
+            expires_at=token.expires_at,
+        )
+
+    @app.post(
+        "/v1/credentials/{name}/token",
+        tags=["credentials"],
+        responses=_UPSTREAM_ERRORS,
+        response_model=TokenOut,
+    )
+    async def vend(name: str, client: Client) -> JSONResponse:
+        """A token for a client allowed to hold one (`raw_tokens`); session-scoped and
+        API-key-exchange credentials get a freshly minted token on every call."""
+        cred = state.credential(client, name)
+        if not client.policy.raw_tokens:
+            state.audit(client.name, name, "token.vend", 403)
+            raise BrokerError(403, "forbidden", f"client {client.name!r} may not receive tokens")
+        assert state.http is not None
+        try:
+            token = await (cred.mint(state.http) if cred.mints else cred.manager.atoken())
+        except TokenwardError as exc:
+            state.audit(client.name, name, "token.vend", 503, error=type(exc).__name__)
+            raise unavailable(name, exc) from None
+        state.audit(client.name, name, "token.vend", 200, token, minted=cred.mints)
+        body = TokenOut(
+            token=token.access_token,
+            token_type="Bearer" if token.token_type.lower() == "bearer" else token.token_type,
+            expires_at=token.expires_at,
+            fingerprint=token.fingerprint,
+        )
+        return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
+
+    @app.post(
+        "/v1/sessions",
+        tags=["sessions"],
+        responses=_UPSTREAM_ERRORS,
+        status_code=201,
+        response_model=SessionOut,
+    )
+    async def open_session(payload: SessionIn, client: Client) -> JSONResponse:
+        """A fresh session token (and the upstream session, where the preset defines one)."""
+        cred = state.credential(client, payload.credential)
+        if client.policy.max_sessions <= 0:
+            raise BrokerError(403, "forbidden", f"client {client.name!r} may not open sessions")
+        try:
+            opened = await state.sessions.open(client, cred.name, cred.sessions)
+        except BrokerError as exc:
+            state.audit(client.name, cred.name, "session.open", exc.status, error=exc.error)
+            raise
+        except (TokenwardError, httpx2.HTTPError) as exc:
+            state.audit(client.name, cred.name, "session.open", 502, error=type(exc).__name__)
+            raise BrokerError(
+                502,
+                "upstream_failed",
+                f"{cred.name}: could not open a session ({type(exc).__name__})",
+            ) from None
+        token = opened.session.token
+        state.audit(client.name, cred.name, "session.open", 201, token, session=opened.id)
+        body = SessionOut(
+            session_id=opened.id,
+            token=token.access_token,
+            expires_at=token.expires_at,
+            fingerprint=token.fingerprint,
+            upstream_session_id=opened.session.id,
+            upstream=opened.session.info,
+        )
+        return JSONResponse(body.model_dump(), 201, headers={"Cache-Control": "no-store"})
+
+    @app.post("/v1/sessions/{session_id}/keepalive", tags=["sessions"], responses=_UPSTREAM_ERRORS)
+    async def keepalive(session_id: str, client: Client) -> KeepaliveOut:
+        """Keep the session (and its upstream session) from being reaped as idle."""
+        found = state.sessions.get(session_id, client)
+        cred_name = found.credential
+        hooks = state.credentials[cred_name].sessions.hooks
+
+        async def upstream(session: AsyncSession) -> None:
+            await hooks.akeep_alive(session._state)  # the hook API takes the session's state
+
+        try:
+            await state.sessions.keepalive(session_id, client, upstream)
+        except httpx2.HTTPError as exc:
+            state.audit(client.name, cred_name, "session.keepalive", 502, session=session_id)
+            raise BrokerError(
+                502, "upstream_failed", f"keepalive failed upstream ({type(exc).__name__})"
+            ) from None
+        state.audit(
+            client.name,
+            cred_name,
+            "session.keepalive",
+            200,
+            found.session.token,
+            session=session_id,
+        )
+        return KeepaliveOut(session_id=session_id, idle_timeout=limits.session_idle_timeout)
+
+    @app.delete("/v1/sessions/{session_id}", tags=["sessions"], responses=_ERRORS, status_code=204)
+    async def close_session(session_id: str, client: Client) -> Response:
+        """Stop the upstream session and forget its token."""
+        found = state.sessions.get(session_id, client)
+        token = found.session.token
+        await state.sessions.close(session_id, client)
+        state.audit(client.name, found.credential, "session.close", 204, token, session=session_id)
+        return Response(status_code=204)
+
+    async def proxy(credential: str, path: str, request: Request, client: Client) -> Response:
+        """Forward to the credential's base URL with a fresh token; one replay on expiry."""
+        started = time.monotonic()
+        try:
+            cred = state.credential(client, credential)
+            target, shown = _target(request, cred)
+            if not client.policy.allows_method(request.method):
+                raise BrokerError(
+                    403, "forbidden", f"client {client.name!r} may not {request.method}"
+                )
+            if not client.policy.allows_path(shown):
+                raise BrokerError(403, "forbidden", f"client {client.name!r} may not proxy {shown}")
+            response = await _forward(state, cred, request, target, client.name, shown)
+        except BrokerError as exc:
+            state.audit(
+                client.name,
+                credential,
+                "proxy",
+                exc.status,
+                method=request.method,
+                error=exc.error,
+            )
+            raise
+        state.metrics.proxy_seconds.labels(credential, str(response.status_code)).observe(
+            time.monotonic() - started
+        )
+        return response
+
+    # One route per method, so that each gets its own OpenAPI operation id.
+    for method in PROXY_METHODS:
+        app.add_api_route(
+            "/v1/proxy/{credential}/{path:path}",
+            proxy,
+            methods=[method],
+            operation_id=f"proxy_{method.lower()}",
+            tags=["proxy"],
+            response_class=Response,
+            responses=_PROXIED,
+        )
+
+
+def _target(request: Request, cred: _Credential) -> tuple[str, str]:
+    """The upstream URL (base_url + normalized path + query) and the path for policies."""
+    if not cred.base_url:
+        raise BrokerError(
+            400, "no_base_url", f"credential {cred.name!r} has no base_url to proxy to"
+        )
+    raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    raw_text = raw.decode("latin-1")
+    if not raw_text.startswith(_PROXY_PREFIX):
+        raise BrokerError(400, "bad_path", "unexpected proxy path")
+    named, _, rest = raw_text[len(_PROXY_PREFIX) :].partition("/")
+    if named != cred.name:
+        raise BrokerError(400, "bad_path", "the credential name must be plain (not encoded)")
+    try:
+        path = upstream_path(rest)
+    except UnsafePath as exc:
+        raise BrokerError(400, "unsafe_path", str(exc)) from None
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F or c in "#\\" for c in query):
+        raise BrokerError(400, "unsafe_path", "control characters in the query")
+    url = join_upstream(cred.base_url, path) + (f"?{query}" if query else "")
+    base, built = httpx2.URL(cred.base_url), httpx2.URL(url)
+    if (built.scheme, built.host, built.port) != (base.scheme, base.host, base.port):
+        raise BrokerError(400, "unsafe_path", "the path would leave the credential's host")
+    return url, path
+
+
+async def _forward(
+    state: Broker, cred: _Credential, request: Request, url: str, client: str, path: str
+) -> Response:
+    limits = state.limits
+    assert state.http is not None
+    length_header = request.headers.get("content-length")
+    try:
+        length = int(length_header) if length_header is not None else None
+    except ValueError:
+        raise BrokerError(400, "bad_request", "invalid Content-Length") from None
+    if length is not None and length > limits.max_body_bytes:
+        raise BrokerError(413, "body_too_large", f"the body exceeds {limits.max_body_bytes} bytes")
+    has_body = length is not None or "transfer-encoding" in request.headers
+    streamed = has_body and (length is None or length > limits.replay_buffer_bytes)
+    content: Any
+    try:
+        if not has_body:
+            content = None
+        elif streamed:
+            content = limited(request.stream(), limits.max_body_bytes)
+        else:
+            content = await read_limited(request.stream(), limits.max_body_bytes)
+        # A plain Request, not `client.build_request`: no default headers of the broker's
+        # (Accept-Encoding, User-Agent, cookies), so an encoded body streamed back raw is one
+        # the client asked for, and no cookie jar links one client's calls to another's.
+        upstream = httpx2.Request(
+            request.method,
+            url,
+            headers=request_headers(request.headers.items()),
+            content=content,
+            extensions={"timeout": httpx2.Timeout(limits.upstream_timeout).as_dict()},
+        )
+        result = await send_with_replay(
+            state.http, cred.manager, cred.manager.expiry_rule, upstream, streamed=streamed
+        )
+    except BodyTooLarge:
+        raise BrokerError(
+            413, "body_too_large", f"the body exceeds {limits.max_body_bytes} bytes"
+        ) from None
+    except httpx2.TimeoutException:
+        raise BrokerError(
+            504,
+            "upstream_timeout",
+            f"{cred.name}: the upstream did not answer within {limits.upstream_timeout:g} s",
+        ) from None
+    except httpx2.HTTPError as exc:
+        if isinstance(exc.__context__, BodyTooLarge):
+            raise BrokerError(
+                413, "body_too_large", f"the body exceeds {limits.max_body_bytes} bytes"
+            ) from None
+        raise BrokerError(
+            502, "upstream_unreachable", f"{cred.name}: upstream error ({type(exc).__name__})"
+        ) from None
+    except TokenwardError as exc:
+        raise unavailable(cred.name, exc) from None
+    answer = result.response
+    state.audit(
+        client,
+        cred.name,
+        "proxy",
+        answer.status_code,
+        result.token,
+        method=request.method,
+        path=path,
+    )
+    if result.read or answer.is_stream_consumed:  # read by the expiry check (or a transport)
+        await answer.aclose()
+        out = Response(answer.content, answer.status_code)
+        out.raw_headers.extend(_raw(response_headers(answer.headers.multi_items(), decoded=True)))
+        return out
+    streaming = StreamingResponse(_relay(answer), answer.status_code)
+    streaming.raw_headers = _raw(response_headers(answer.headers.multi_items(), decoded=False))
+    return streaming
+
+
+async def _relay(answer: httpx2.Response) -> AsyncIterator[bytes]:
+    """The upstream body as it arrives (still encoded); the upstream connection is released
+    however the relay ends (done, client gone, error)."""
+    try:
+        async for chunk in answer.aiter_raw():
+            yield chunk
+    finally:
+        await answer.aclose()
+
+
+def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]

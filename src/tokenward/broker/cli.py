@@ -1,0 +1,136 @@
+"""`tokenward serve` and `tokenward broker add-client`.
+
+Client keys live as SHA-256 hashes in the configuration file's `[broker.clients.NAME]` table,
+not in the store: the file already holds the policies every replica reads, a hash is not a
+secret (so the file stays shareable), and adding or revoking a client is a reviewed edit of
+one file followed by a restart. The key itself is printed once, and never stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from ..config import CONFIG_ENV, ConfigError, find_config
+from .config import client_table, hash_key, known_client_names, load_broker, new_key
+
+__all__ = ["broker", "serve"]
+
+_CONFIG_HELP = f"Configuration file (default: ${CONFIG_ENV}, ./tokenward.toml, user config dir)."
+
+
+@click.command()
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=_CONFIG_HELP
+)
+@click.option("--host", default=None, help="Listen address (default: [broker] host).")
+@click.option("--port", type=int, default=None, help="Listen port (default: [broker] port).")
+@click.option("--log-level", default="info", show_default=True)
+def serve(config_path: Path | None, host: str | None, port: int | None, log_level: str) -> None:
+    """Run the broker: proxy, token vending, sessions (needs the `broker` extra).
+
+    \b
+    Example:
+      tokenward broker add-client web --credential ml
+      tokenward serve --port 8421
+      curl -H "Authorization: Bearer twk_..." http://127.0.0.1:8421/v1/proxy/ml/users/me
+    """
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the broker needs the 'broker' extra: pip install 'tokenward[broker]' ({exc.name})"
+        ) from None
+    _audit_to_stderr()
+    config, settings = load_broker(config_path)
+    app = create_app(config, settings)
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        log_level=log_level,
+        proxy_headers=False,  # a client cannot pose as another address through headers
+        server_header=False,
+    )
+
+
+def _audit_to_stderr() -> None:
+    """Show tokenward events and the audit log (`tokenward.audit`) next to uvicorn's lines,
+    unless the host application configured logging itself."""
+    logger = logging.getLogger("tokenward")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+@click.group()
+def broker() -> None:
+    """Manage broker clients."""
+
+
+@broker.command("add-client")
+@click.argument("name")
+@click.option("--credential", "credentials", multiple=True, help="A credential it may use.")
+@click.option("--policy", default=None, help="A [broker.policies.NAME] to start from.")
+@click.option("--raw-tokens", is_flag=True, help="May receive raw tokens (token vending).")
+@click.option("--origin", "origins", multiple=True, help="An allowed browser origin (CORS).")
+@click.option("--max-sessions", type=int, default=None, help="Concurrent session quota.")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=_CONFIG_HELP
+)
+def add_client(
+    name: str,
+    credentials: tuple[str, ...],
+    policy: str | None,
+    raw_tokens: bool,
+    origins: tuple[str, ...],
+    max_sessions: int | None,
+    config_path: Path | None,
+) -> None:
+    """Create client NAME: print its key once, store only the key's hash.
+
+    \b
+    Example:
+      tokenward broker add-client web --credential avatar --origin https://app.example.com \\
+          --max-sessions 2
+    """
+    path = find_config(config_path)
+    if name in known_client_names(path):
+        raise ConfigError(f"{path}: [broker.clients.{name}] exists already; pick another name")
+    key = new_key()
+    text = client_table(
+        name,
+        hash_key(key),
+        policy=policy,
+        credentials=credentials,
+        raw_tokens=raw_tokens,
+        origins=origins,
+        max_sessions=max_sessions,
+    )
+    original = path.read_text(encoding="utf-8")
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(text)
+    try:
+        load_broker(path)  # the new table must parse (an unknown policy name, ...)
+    except ConfigError:
+        _restore(path, original)
+        raise
+    click.echo(key)
+    click.echo(
+        f"added [broker.clients.{name}] to {path}; the key above is shown only this once",
+        err=True,
+    )
+
+
+def _restore(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)

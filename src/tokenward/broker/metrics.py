@@ -1,0 +1,134 @@
+"""Prometheus metrics for `/metrics`, by credential.
+
+Why a registry per app (not prometheus-client's global one): tests and embedders may build
+several apps in one process; each must count only its own work. Credential state (refresh
+count, seconds to expiry, state) is read from the store at scrape time, so every replica
+reports the same, cluster-wide numbers; refreshes done and failures seen are counted from this
+replica's `tokenward` events; proxy latency is this replica's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..stores.base import Store
+
+__all__ = ["BrokerMetrics"]
+
+#: Events that count as a refresh done, and as a refresh failure.
+_DONE = frozenset({"token.refreshed", "token.obtained"})
+_FAILED = frozenset({"refresh.failed"})
+
+
+class _StoreCollector(Collector):
+    """Per-credential gauges read from the store at scrape time (never a secret)."""
+
+    def __init__(self, stores: Callable[[], Mapping[str, tuple[str, Store]]]) -> None:
+        self._stores = stores
+
+    def collect(self) -> Iterator[Metric]:
+        expiry = GaugeMetricFamily(
+            "tokenward_token_seconds_to_expiry",
+            "Seconds until the stored access token expires (negative: expired).",
+            labels=["credential"],
+        )
+        count = GaugeMetricFamily(
+            "tokenward_credential_refresh_count",
+            "Refreshes recorded in the store for the credential (all replicas).",
+            labels=["credential"],
+        )
+        reauth = GaugeMetricFamily(
+            "tokenward_credential_needs_reauth",
+            "1 when the credential needs a person to log in again.",
+            labels=["credential"],
+        )
+        now = time.time()
+        for name, (key, store) in self._stores().items():
+            try:
+                record = store.load(key)
+            except Exception:  # a scrape must not fail because one store is down
+                continue
+            if record is None:
+                continue
+            if record.expires_at is not None:
+                expiry.add_metric([name], record.expires_at - now)
+            count.add_metric([name], record.refresh_count)
+            reauth.add_metric([name], 1.0 if record.state == "needs_reauth" else 0.0)
+        yield expiry
+        yield count
+        yield reauth
+
+
+class _EventCounter(logging.Handler):
+    """Counts refresh events of the `tokenward` logger by credential."""
+
+    def __init__(self, done: Counter, failed: Counter, names: frozenset[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self._done = done
+        self._failed = failed
+        self._names = names
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "event", None)
+        credential = getattr(record, "credential", None)
+        if not isinstance(credential, str) or credential not in self._names:
+            return
+        if event in _DONE:
+            self._done.labels(credential).inc()
+        elif event in _FAILED:
+            self._failed.labels(credential).inc()
+
+
+class BrokerMetrics:
+    """The broker's registry and instruments."""
+
+    def __init__(self, stores: Callable[[], Mapping[str, tuple[str, Store]]]) -> None:
+        self.registry = CollectorRegistry()
+        self.refreshes = Counter(
+            "tokenward_refreshes",
+            "Refreshes this replica carried out.",
+            ["credential"],
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "tokenward_refresh_failures",
+            "Refresh failures this replica saw.",
+            ["credential"],
+            registry=self.registry,
+        )
+        self.proxy_seconds = Histogram(
+            "tokenward_proxy_seconds",
+            "Time to the upstream answer's headers, replay included.",
+            ["credential", "status"],
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "tokenward_broker_requests",
+            "Broker actions by outcome.",
+            ["action", "status"],
+            registry=self.registry,
+        )
+        self.registry.register(_StoreCollector(stores))
+        self._handler = _EventCounter(self.refreshes, self.failures, frozenset(stores()))
+        self._logger = logging.getLogger("tokenward")
+        self._saved_level = self._logger.level
+
+    def attach(self) -> None:
+        """Start counting events (lowers the `tokenward` logger to INFO if it is above)."""
+        self._logger.addHandler(self._handler)
+        if self._logger.getEffectiveLevel() > logging.INFO:
+            self._logger.setLevel(logging.INFO)
+
+    def detach(self) -> None:
+        self._logger.removeHandler(self._handler)
+        if self._logger.level == logging.INFO and self._saved_level != logging.INFO:
+            self._logger.setLevel(self._saved_level)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

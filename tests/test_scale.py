@@ -1,0 +1,728 @@
+"""Scale-out on the real network stores (issue 5): many processes, many credentials, a shared
+due-queue, a refresher killed mid-refresh, and store outages.
+
+Redis (127.0.0.1:6379) and PostgreSQL (127.0.0.1:5432) must be reachable; otherwise these
+tests skip, except under CI=true, where they fail. Other processes run tests/scale_workers.py
+as plain subprocesses. `TOKENWARD_SCALE_FULL=1` runs the issue's full size (10,000 credentials,
+3-second lifetimes, 20 seconds); the default is a size a 2-core machine runs inside `make test`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx2
+import pytest
+import scale_workers
+
+from tokenward.manager import TokenManager
+from tokenward.refresher import Refresher
+from tokenward.sources.oauth2 import RefreshTokenGrant
+from tokenward.stores.base import Record, Store, due_time
+from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET, EmulatorServer, fingerprint
+
+REDIS_URL = os.environ.get("TOKENWARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "TOKENWARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+FULL = os.environ.get("TOKENWARD_SCALE_FULL") == "1"
+WORKERS = str(Path(scale_workers.__file__))
+
+
+def _unreachable(reason: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the scale tests must run)")
+    pytest.skip(reason)
+
+
+_REACHABLE: dict[str, str | None] = {}
+
+
+def _require(kind: str) -> None:
+    if kind not in _REACHABLE:
+        try:
+            if kind == "redis":
+                import redis
+
+                client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+                client.ping()
+                client.close()
+            else:
+                import psycopg
+
+                psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
+            _REACHABLE[kind] = None
+        except Exception as exc:  # ImportError too: the extra is not installed
+            _REACHABLE[kind] = f"{type(exc).__name__}: {exc}".strip()
+    reason = _REACHABLE[kind]
+    if reason is not None:
+        _unreachable(f"{kind} is not reachable for the scale tests: {reason}")
+
+
+@pytest.fixture(params=["redis", "postgres"])
+def store_cfg(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """A private key prefix (Redis) or schema (PostgreSQL), removed afterwards."""
+    kind = request.param
+    _require(kind)
+    name = "tw_scale_" + uuid.uuid4().hex[:12]
+    if kind == "redis":
+        cfg = {"kind": kind, "url": REDIS_URL, "prefix": name + ":"}
+    else:
+        cfg = {"kind": kind, "url": POSTGRES_URL, "schema": name}
+    yield cfg
+    if kind == "redis":
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=name + ":*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    else:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def _spawn_many(command: str, cfg: dict[str, Any], count: int) -> list[subprocess.Popen[str]]:
+    """Start `count` workers at once and wait until each says `ready`."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, WORKERS, command, json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline().strip()
+        if line != "ready":
+            for other in procs:
+                other.kill()
+            raise AssertionError(f"{command} worker did not start: {line!r} {proc.stderr.read()}")
+    return procs
+
+
+def _spawn(command: str, cfg: dict[str, Any]) -> subprocess.Popen[str]:
+    return _spawn_many(command, cfg, 1)[0]
+
+
+def _go(procs: list[subprocess.Popen[str]], message: str) -> None:
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(message + "\n")
+        proc.stdin.flush()
+
+
+def _result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _open(cfg: dict[str, Any]) -> Store:
+    return scale_workers.open_store(cfg)
+
+
+# --- 1. one expired credential, 4 processes x 50 tasks -------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_storm_of_processes_refreshes_once(
+    tokenward_emulator: EmulatorServer, store_cfg: dict[str, Any]
+) -> None:
+    emu = tokenward_emulator.emulator
+    cfg = {
+        **store_cfg,
+        "key": "ml:seller-1",
+        "token_url": tokenward_emulator.token_url,
+        "api_url": tokenward_emulator.api_url,
+        "tasks": 50,
+    }
+    store = _open(cfg)
+    refresh_token = emu.issue_refresh_token(TEST_CLIENT_ID)
+    stale = emu.issue_access_token(TEST_CLIENT_ID, lifetime=0)
+    now = time.time()
+    assert store.compare_and_set(
+        Record(
+            "ml:seller-1",
+            1,
+            access_token=stale,
+            expires_at=now - 60,
+            obtained_at=now - 3660,
+            refresh_token=refresh_token,
+        ),
+        0,
+    )
+    emu.latency = 0.5  # every task of every process asks while the refresh is in flight
+    procs = _spawn_many("storm", cfg, 4)
+    try:
+        _go(procs, str(time.time() + 0.5))
+        reports = [_result(proc, 45) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    results = [row for report in reports for row in report["results"]]
+    failures = [row for row in results if "error" in row]
+    assert len(results) == 200 and failures == [], failures[:3]
+    counters = emu.counters
+    assert counters["refreshes"] == 1, counters
+    assert counters["invalid_grant"] == counters["refresh_reuse"] == 0
+    log = emu.refresh_log
+    assert {(row["version"], row["fp"]) for row in results} == {(2, log[0]["access"])}
+    assert all(row["status"] == 200 for row in results)
+    record = store.load("ml:seller-1")
+    assert record is not None and record.refresh_token is not None
+    assert emu.is_refresh_token_valid(record.refresh_token)
+    store.close()
+
+
+# --- 2. many credentials, 3 refresher processes ---------------------------------------------
+
+
+def _seed_many(store: Store, emu: Any, count: int, lifetime: float) -> tuple[dict[str, str], float]:
+    """`count` credentials whose first expiries are spread over one lifetime, starting one
+    lifetime after the seeding ends: key -> fingerprint of its seed refresh token, and that
+    start. (Written twice: first not due, so that no refresh starts while seeding goes on.)"""
+    seeds: dict[str, str] = {}
+    records: list[Record] = []
+    first_pass = time.time()
+    for i in range(count):
+        key = f"ml:seller-{i:05d}"
+        refresh_token = emu.issue_refresh_token(TEST_CLIENT_ID)
+        record = Record(
+            key,
+            1,
+            access_token=f"seed-{i}",
+            expires_at=time.time() + 3600,
+            obtained_at=time.time(),
+            refresh_token=refresh_token,
+        )
+        assert store.compare_and_set(record, 0)
+        records.append(record)
+        seeds[key] = fingerprint(refresh_token)
+    base = time.time() + 0.5 + (time.time() - first_pass)  # the second pass takes as long
+    for i, record in enumerate(records):
+        expires_at = base + lifetime * (1 + i / count)
+        assert store.compare_and_set(
+            record.successor(expires_at=expires_at, obtained_at=expires_at - lifetime), 1
+        )
+    return seeds, base
+
+
+@pytest.mark.timeout(200 if FULL or os.environ.get("TOKENWARD_SCALE") else 60)
+def test_refresher_processes_share_many_credentials(
+    tokenward_emulator: EmulatorServer, store_cfg: dict[str, Any]
+) -> None:
+    count, lifetime, duration = (10_000, 3.0, 20.0) if FULL else (600, 4.0, 10.0)
+    if os.environ.get("TOKENWARD_SCALE"):  # "count,lifetime,duration", to find the limits
+        size = os.environ["TOKENWARD_SCALE"].split(",")
+        count, lifetime, duration = int(size[0]), float(size[1]), float(size[2])
+    emu = tokenward_emulator.emulator
+    emu.access_lifetime = lifetime
+    cfg = {
+        **store_cfg,
+        "token_url": tokenward_emulator.token_url,
+        "duration": duration,
+        "concurrency": 16,
+        "pool": 20,
+    }
+    store = _open(cfg)
+    procs = _spawn_many("refresher", cfg, 3)
+    try:
+        seeds, base = _seed_many(store, emu, count, lifetime)
+        started = time.time()
+        _go(procs, str(started))
+        reports = [_result(proc, duration + 60) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    ended = started + duration
+    counters = emu.counters
+    log = emu.refresh_log
+    # Follow each credential's rotation chain from its seed refresh token.
+    by_old = {entry["old"]: entry for entry in log}
+    assert len(by_old) == len(log)  # no refresh token was presented twice
+    chains: dict[str, list[dict[str, Any]]] = {}
+    for key, seed in seeds.items():
+        chain, old = [], seed
+        while old in by_old:
+            chain.append(by_old[old])
+            old = by_old[old]["new"]
+        chains[key] = chain
+    assert sum(len(chain) for chain in chains.values()) == len(log)  # nothing outside a chain
+    twice, late, missed, worst = 0, 0, 0, 0.0
+    for key, chain in chains.items():
+        i = int(key.rsplit("-", 1)[1])
+        expiry = base + lifetime * (1 + i / count)  # the seed token's expiry
+        times = [entry["time"] for entry in chain]
+        for previous, current in itertools.pairwise(times):
+            if current - previous < lifetime / 2:
+                twice += 1  # two refreshes for one expiry
+        deadlines = [expiry] + [t + lifetime for t in times]
+        for t, deadline in zip(times, deadlines, strict=False):
+            if t > deadline:
+                late += 1  # refreshed only after the token it replaced had expired
+                worst = max(worst, t - deadline)
+        # Every expiry inside the run (with a margin for the shutdown) got its refresh.
+        last_deadline = deadlines[len(times)]
+        if last_deadline < ended - 0.5:
+            missed += 1
+    total = len(log)
+    stats = [report["stats"] for report in reports]
+    summary = (
+        f"\nscale[{store_cfg['kind']}]: {count} credentials, lifetime {lifetime}s, {duration}s, "
+        f"3 refreshers: {total} refreshes ({total / duration:.0f}/s), twice={twice}, "
+        f"late={late} (worst {worst:.2f}s), missed={missed}, "
+        f"invalid_grant={counters['invalid_grant']}, "
+        f"reuse={counters['refresh_reuse']}, per process={[s['refreshed'] for s in stats]}, "
+        f"failed={[s['failed'] for s in stats]}, first expiries from {base - started:+.2f}s"
+    )
+    print(summary)
+    assert counters["invalid_grant"] == 0 and counters["refresh_reuse"] == 0, summary
+    assert twice == 0, summary
+    assert all(s["refreshed"] > 0 for s in stats), summary  # the three shared the work
+    if not FULL and not os.environ.get("TOKENWARD_SCALE"):
+        assert late == 0 and missed == 0, summary
+    # Every record is whole and holds the newest refresh token of its chain.
+    for key in list(seeds)[:: max(1, count // 200)]:
+        record = store.load(key)
+        assert record is not None and record.refresh_token is not None
+        newest = chains[key][-1]["new"] if chains[key] else seeds[key]
+        assert fingerprint(record.refresh_token) == newest
+    store.close()
+
+
+# --- 3. a refresher SIGKILLed mid-refresh ---------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_lease_holder_killed_mid_refresh(
+    tokenward_emulator: EmulatorServer, store_cfg: dict[str, Any]
+) -> None:
+    emu = tokenward_emulator.emulator
+    cfg = {
+        **store_cfg,
+        "key": "ml:seller-kill",
+        "token_url": tokenward_emulator.token_url,
+        "lease_ttl": 1.0,
+    }
+    store = _open(cfg)
+    refresh_token = emu.issue_refresh_token(TEST_CLIENT_ID)
+    assert store.compare_and_set(
+        Record(
+            "ml:seller-kill",
+            1,
+            access_token="old",
+            expires_at=time.time() - 1,
+            refresh_token=refresh_token,
+        ),
+        0,
+    )
+    # The provider answers after 2 s, and (like providers with a rotation grace period) replays
+    # its answer to a second presentation of the same refresh token within 30 s.
+    emu.latency = 2.0
+    emu.reuse_grace = 30.0
+    victim = _spawn("slow-refresh", cfg)
+    _go([victim], "go")
+    deadline = time.time() + 10
+    while emu.counters["token_requests"] == 0 and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # the request is in flight, the lease held (and kept renewed)
+    killed_at = time.time()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    emu.latency = 0.0
+    survivor = TokenManager(
+        "ml:seller-kill",
+        RefreshTokenGrant(tokenward_emulator.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET),
+        store,
+        lease_ttl=1.0,
+    )
+    token = survivor.token()
+    took_over = time.time() - killed_at
+    assert 0.5 < took_over < 8, took_over  # it waited for the dead holder's lease to lapse
+    record = store.load("ml:seller-kill")
+    assert record is not None and record.state == "ok" and record.refresh_token is not None
+    assert record.version == 2 and record.access_token == token.access_token
+    assert emu.counters["invalid_grant"] == 0
+    # The credential keeps working: its token is accepted and its refresh token rotates on.
+    assert emu.is_access_token_valid(token.access_token)
+    assert survivor.refresh().version == 3
+    assert emu.counters["invalid_grant"] == 0
+    survivor.close()
+    store.close()
+
+
+# --- 4. store outages -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_redis(port: int, directory: Path) -> None:
+    subprocess.run(
+        [
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(directory),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        ping = subprocess.run(
+            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=5
+        )
+        if ping.stdout.strip() == "PONG":
+            return
+        time.sleep(0.05)
+    raise AssertionError("redis-server did not start")
+
+
+def _stop_redis(port: int) -> None:
+    subprocess.run(
+        ["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True, timeout=10
+    )
+
+
+class _Callers:
+    """Threads calling `token()` and the API in a loop; counts failures."""
+
+    def __init__(self, manager: TokenManager, api_url: str, threads: int = 4) -> None:
+        self.manager, self.api_url = manager, api_url
+        self.calls, self.failures = 0, []  # type: ignore[var-annotated]
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx2.Client(timeout=10) as client:
+            while not self._stop.wait(0.05):
+                try:
+                    token = self.manager.token()
+                    response = client.get(
+                        self.api_url + "/outage",
+                        headers={"Authorization": f"Bearer {token.access_token}"},
+                    )
+                    if response.status_code != 200:
+                        self.failures.append(f"HTTP {response.status_code}")
+                except Exception as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                self.calls += 1
+
+    def __enter__(self) -> _Callers:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def _outage_run(
+    emu: Any, server: EmulatorServer, store: Store, outage: Any, lifetime: float
+) -> tuple[_Callers, dict[str, int]]:
+    """Seed one credential, run callers and a refresher; `outage()` runs meanwhile."""
+    emu.access_lifetime = lifetime
+    grant = RefreshTokenGrant(server.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET)
+    refresh_token = emu.issue_refresh_token(TEST_CLIENT_ID)
+    access = emu.issue_access_token(TEST_CLIENT_ID, lifetime=lifetime)
+    now = time.time()
+    assert store.compare_and_set(
+        Record(
+            "ml:outage",
+            1,
+            access_token=access,
+            expires_at=now + lifetime,
+            obtained_at=now,
+            refresh_token=refresh_token,
+        ),
+        0,
+    )
+    manager = TokenManager("ml:outage", grant, store, lease_ttl=5.0)
+    manager.token()
+    refresher = Refresher(
+        store,
+        lambda _key: grant,
+        concurrency=2,
+        claim_ttl=5.0,
+        poll_interval=0.05,
+        failure_pause=0.2,
+    )
+    runner = threading.Thread(target=refresher.run, kwargs={"duration": 2.5 * lifetime})
+    with _Callers(manager, server.api_url) as callers:
+        runner.start()
+        outage()
+        runner.join()
+    refresher.close()
+    manager.close()
+    return callers, refresher.stats.snapshot()
+
+
+@pytest.mark.timeout(60)
+def test_redis_restart_during_run(tokenward_emulator: EmulatorServer, tmp_path: Path) -> None:
+    """A Redis server of our own (AOF, fsync always) is stopped for 1.5 s while callers and a
+    refresher run: callers with valid tokens never notice, refreshes resume, nothing is lost."""
+    _require("redis")
+    if shutil.which("redis-server") is None:
+        _unreachable("redis-server is not installed")
+    from tokenward.stores.redis import RedisStore
+
+    port = _free_port()
+    _start_redis(port, tmp_path)
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="outage:")
+    emu = tokenward_emulator.emulator
+
+    def outage() -> None:
+        time.sleep(2.5)  # down from 2.5 s to ~4.1 s: the refresh due at 4.0 s waits for it
+        _stop_redis(port)
+        time.sleep(1.5)
+        _start_redis(port, tmp_path)
+
+    try:
+        callers, stats = _outage_run(emu, tokenward_emulator, store, outage, lifetime=5.0)
+        record = store.load("ml:outage")
+    finally:
+        store.close()
+        _stop_redis(port)
+    assert callers.failures == [] and callers.calls > 50, callers.failures[:3]
+    assert record is not None and record.state == "ok" and record.refresh_token is not None
+    assert emu.is_refresh_token_valid(record.refresh_token)  # nothing lost, nothing torn
+    assert record.refresh_count >= 2 and emu.counters["invalid_grant"] == 0
+    assert stats["store_errors"] > 0  # the refresher did see the outage
+
+
+@pytest.mark.timeout(60)
+def test_postgres_connections_killed_during_run(tokenward_emulator: EmulatorServer) -> None:
+    """Every connection of this store is terminated again and again for 2 s (the server itself
+    stays up: other tests share it): callers keep working, refreshes resume, nothing is lost."""
+    _require("postgres")
+    import psycopg
+    from psycopg import sql
+
+    app = "tw-outage-" + uuid.uuid4().hex[:8]
+    url = f"{POSTGRES_URL}?application_name={app}"
+    from tokenward.stores.postgres import PostgresStore
+
+    schema = "tw_scale_" + uuid.uuid4().hex[:12]
+    store = PostgresStore(url, schema=schema)
+    emu = tokenward_emulator.emulator
+    killed = 0
+
+    def outage() -> None:
+        nonlocal killed
+        # Connections die from 1.4 s to 3.4 s: the refresher's refresh is due at 3.2 s, and the
+        # callers' token stays usable until 3.96 s.
+        time.sleep(1.4)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            ends = time.time() + 2.0
+            while time.time() < ends:
+                rows = conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                    (app,),
+                ).fetchall()
+                killed += len(rows)
+                time.sleep(0.05)
+
+    try:
+        callers, stats = _outage_run(emu, tokenward_emulator, store, outage, lifetime=4.0)
+        record = store.load("ml:outage")
+    finally:
+        store.close()
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    assert killed > 0
+    assert callers.failures == [] and callers.calls > 50, callers.failures[:3]
+    assert record is not None and record.state == "ok" and record.refresh_token is not None
+    assert emu.is_refresh_token_valid(record.refresh_token)
+    assert record.refresh_count >= 2 and emu.counters["invalid_grant"] == 0
+    del stats
+
+
+# --- the due-queue contract on every store ---------------------------------------------------
+
+
+def _stores(tmp_path: Path, store_cfg: dict[str, Any]) -> list[Store]:
+    from tokenward.stores.memory import MemoryStore
+    from tokenward.stores.sqlite import SQLiteStore
+
+    return [MemoryStore(), SQLiteStore(tmp_path / "q.db"), _open(store_cfg)]
+
+
+@pytest.mark.timeout(30)
+def test_due_queue_contract(tmp_path: Path, store_cfg: dict[str, Any]) -> None:
+    now = time.time()
+    for store in _stores(tmp_path, store_cfg):
+        a = Record("a", 1, access_token="x", expires_at=now + 10, obtained_at=now - 90)
+        b = Record("b", 1, access_token="x", expires_at=now + 100, obtained_at=now)
+        assert store.compare_and_set(a, 0) and store.compare_and_set(b, 0)
+        assert due_time(a) == pytest.approx(now - 10)
+        assert store.claim_due(now, 10, "w1", 30) == ["a"], store
+        assert store.claim_due(now, 10, "w2", 30) == []  # claimed: nobody else gets it
+        assert store.claim_due(now + 31, 10, "w2", 30) == ["a"]  # a lapsed claim comes back
+        store.schedule("b", now - 1)
+        assert store.claim_due(now, 10, "w1", 30) == ["b"]
+        # A write files the new record's due time; needs_reauth takes it out of the queue.
+        assert store.compare_and_set(a.successor(expires_at=now + 1000, obtained_at=now), 1)
+        assert store.claim_due(now + 20, 10, "w1", 30) == []
+        assert store.compare_and_set(Record("c", 1, state="needs_reauth", expires_at=now - 5), 0)
+        assert store.claim_due(now + 20, 10, "w1", 30) == []
+        assert store.delete("b")
+        assert store.claim_due(now + 500, 10, "w1", 30) == []  # b is gone, c never due
+        store.close()
+
+
+def test_sqlite_version_1_file_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    from tokenward.stores.sqlite import SQLiteStore
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE records (key TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+        "data TEXT NOT NULL, updated_at REAL NOT NULL);"
+        "CREATE TABLE leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', '1');"
+    )
+    conn.close()
+    store = SQLiteStore(path)
+    now = time.time()
+    assert store.compare_and_set(Record("k", 1, expires_at=now, obtained_at=now - 10), 0)
+    assert store.claim_due(now, 5, "w", 10) == ["k"]
+    store.close()
+
+
+# --- the refresher's own policy, in process -------------------------------------------------
+
+
+def test_refresher_keeps_idle_credentials_alive(
+    tokenward_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """A credential whose token never expires is refreshed once idle for `keepalive_after`;
+    a fresh one is rescheduled to its keep-alive time; needs_reauth and unknown keys are left."""
+    from tokenward.stores.sqlite import SQLiteStore
+
+    emu = tokenward_emulator.emulator
+    store = SQLiteStore(tmp_path / "idle.db")
+    day = 86400.0
+    now = time.time()
+    idle_token = emu.issue_refresh_token(TEST_CLIENT_ID)
+    records = [
+        Record(
+            "ml:idle", 1, access_token="a", obtained_at=now - 31 * day, refresh_token=idle_token
+        ),
+        Record("ml:busy", 1, access_token="b", obtained_at=now - 2 * day, refresh_token="rt-b"),
+        Record("ml:refused", 1, state="needs_reauth", obtained_at=now - 40 * day),
+        Record("other:x", 1, access_token="c", obtained_at=now - 40 * day, refresh_token="rt-c"),
+    ]
+    for record in records:
+        assert store.compare_and_set(record, 0)
+    grant = RefreshTokenGrant(tokenward_emulator.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET)
+    refresher = Refresher(
+        store, lambda key: grant if key.startswith("ml:") else None, keepalive_after=30 * day
+    )
+    try:
+        assert refresher.run_once() == 3  # idle, busy (offered daily), other; never refused
+        stats = refresher.stats.snapshot()
+        assert stats["refreshed"] == 1 and stats["rescheduled"] == 1 and stats["skipped"] == 1
+        assert emu.counters["refreshes"] == 1
+        idle = store.load("ml:idle")
+        assert idle is not None and idle.version == 2 and idle.refresh_count == 1
+        assert emu.is_refresh_token_valid(idle.refresh_token or "")
+        # Nothing is due soon: idle was just refreshed (1-hour token), busy waits for its 30
+        # days since its last refresh, other's claim has not lapsed.
+        assert refresher.run_once() == 0
+        assert store.claim_due(now + 30, 10, "probe", 1) == []
+        assert "ml:busy" not in store.claim_due(now + 27.9 * day, 10, "probe", 1)
+        assert "ml:busy" in store.claim_due(now + 28.1 * day, 10, "probe", 1)
+    finally:
+        refresher.close()
+        store.close()
+
+
+def test_cli_refresher_and_status_prefix(
+    tokenward_emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from tokenward.cli import cli
+    from tokenward.stores.sqlite import SQLiteStore
+
+    monkeypatch.setenv("TW_SECRET", TEST_CLIENT_SECRET)
+    monkeypatch.delenv("TOKENWARD_STORE", raising=False)
+    url = tokenward_emulator.url
+    config = tmp_path / "tokenward.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite://{tmp_path}/tokens.db"\n\n'
+        f'[credentials.ml]\npreset = "mercadolibre"\nclient_id = "{TEST_CLIENT_ID}"\n'
+        f'client_secret = "env:TW_SECRET"\nbase_url = "{url}"\n'
+    )
+    config.chmod(0o600)
+    emu = tokenward_emulator.emulator
+    store = SQLiteStore(tmp_path / "tokens.db")
+    now = time.time()
+    for seller in ("1", "2"):
+        assert store.compare_and_set(
+            Record(
+                f"ml:{seller}",
+                1,
+                access_token="old",
+                expires_at=now - 1,
+                obtained_at=now - 3600,
+                refresh_token=emu.issue_refresh_token(TEST_CLIENT_ID),
+            ),
+            0,
+        )
+    store.close()
+    runner = CliRunner()
+    done = runner.invoke(cli, ["refresher", "--config", str(config), "--duration", "2"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout.strip().splitlines()[-1])["refreshed"] == 2
+    assert emu.counters["refreshes"] == 2
+    done = runner.invoke(cli, ["status", "--config", str(config), "--prefix", "ml:", "--json"])
+    assert done.exit_code == 0, done.output
+    rows = json.loads(done.stdout)
+    assert [(row["name"], row["refresh_count"]) for row in rows] == [("ml:1", 1), ("ml:2", 1)]
+    assert "old" not in done.stdout
