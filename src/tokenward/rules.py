@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
+from .jsonpath import lookup
+
 __all__ = ["PRESETS", "ExpiryRule", "www_authenticate_error"]
 
 _ERROR_PARAM = re.compile(r'error\s*=\s*"?([A-Za-z0-9_\-]+)"?')
-_MISSING = object()
 
 
 class _Headers(Protocol):
@@ -32,19 +33,6 @@ def www_authenticate_error(headers: _Headers) -> str | None:
         return None
     match = _ERROR_PARAM.search(value)
     return match.group(1) if match else None
-
-
-def _lookup(document: Any, path: str) -> Any:
-    """The value at a dotted `path` (`error.code`, `errors.0.message`), or `_MISSING`."""
-    node = document
-    for part in path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _MISSING
-    return node
 
 
 def _graphql_codes(payload: Any) -> set[str]:
@@ -168,7 +156,7 @@ class ExpiryRule:
         if not self.json_fields:
             return False
         payload = _json(text)
-        return any(_lookup(payload, name) == value for name, value in self.json_fields.items())
+        return any(lookup(payload, name) == value for name, value in self.json_fields.items())
 
     def _graphql_applies(self, status: int, body: bytes | None) -> bool:
         return bool(self.graphql_codes) and status in self.graphql_statuses and body is not None

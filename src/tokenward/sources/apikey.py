@@ -14,27 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MalformedTokenResponse
+from ..jsonpath import MISSING, lookup
 from ..stores.base import Record
 from ..token import Token
 from ..transport import HttpRequest, HttpResponse
 from .base import HttpSource, check_expires_in, json_body, raise_for_error
 
-__all__ = ["ApiKeyExchange", "lookup"]
-
-_MISSING = object()
-
-
-def lookup(document: Any, path: str) -> Any:
-    """The value at a dotted `path` (`data.token`, `items.0.id`), or a sentinel when absent."""
-    node = document
-    for part in path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _MISSING
-    return node
+__all__ = ["ApiKeyExchange"]
 
 
 @dataclass(repr=False)
@@ -68,16 +54,16 @@ class ApiKeyExchange(HttpSource):
         raise_for_error(response, credential)
         payload = json_body(response, credential)
         token = lookup(payload, self.token_path)
-        if token is _MISSING or not isinstance(token, str) or not token:
+        if token is MISSING or not isinstance(token, str) or not token:
             raise MalformedTokenResponse(credential, self.token_path, "missing or not a string")
         expires_in = None
         if self.expires_in_path:
             value = lookup(payload, self.expires_in_path)
-            if value is not _MISSING:
+            if value is not MISSING:
                 expires_in = check_expires_in(value, credential, self.expires_in_path)
         if expires_in is None and self.expires_at_path:
             value = lookup(payload, self.expires_at_path)
-            if value is not _MISSING:
+            if value is not MISSING:
                 expires_in = self._until(value, response.received_at, credential)
         if expires_in is None:
             expires_in = self.default_lifetime
