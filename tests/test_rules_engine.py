@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx2
 import pytest
 
 from tokenward import ExpiryRule
@@ -18,7 +19,7 @@ GQL_EXPIRED = json.dumps(
     {"data": None, "errors": [{"message": "x", "extensions": {"code": "UNAUTHENTICATED"}}]}
 ).encode()
 GQL_OTHER = json.dumps({"errors": [{"message": "x", "extensions": {"code": "FORBIDDEN"}}]}).encode()
-CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+CHALLENGE = httpx2.Headers({"WWW-Authenticate": 'Bearer error="invalid_token"'})
 SCOPE = {"www-authenticate": 'Bearer error="insufficient_scope", scope="admin"'}
 
 

@@ -27,8 +27,11 @@ class _Headers(Protocol):
 
 
 def www_authenticate_error(headers: _Headers) -> str | None:
-    """The `error` parameter of a `WWW-Authenticate` challenge, if any."""
-    value = headers.get("www-authenticate") or headers.get("WWW-Authenticate")
+    """The `error` parameter of a `WWW-Authenticate` challenge, if any.
+
+    `headers` must look names up case-insensitively (httpx, requests and aiohttp headers do)
+    or hold lower-case names: one lookup per answer keeps the hot path cheap."""
+    value = headers.get("www-authenticate")
     if not value:
         return None
     match = _ERROR_PARAM.search(value)
@@ -125,7 +128,7 @@ class ExpiryRule:
         return (
             status in self.statuses
             or (bool(self.graphql_codes) and status in self.graphql_statuses)
-            or bool(headers.get("www-authenticate") or headers.get("WWW-Authenticate"))
+            or bool(headers.get("www-authenticate"))
         )
 
     def needs_body(self, status: int) -> bool:

@@ -63,6 +63,7 @@ class Token:
     obtained_at: float = field(default_factory=time.time)
     version: int = 0
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _authorization: str = field(init=False, repr=False, compare=False, default="")
 
     @classmethod
     def from_response(
@@ -110,9 +111,13 @@ class Token:
         """The value for an `Authorization` header: `Bearer <token>`.
 
         The type is normalized to `Bearer` when the provider says `bearer` (MercadoLibre does).
+        Built once per token: it is read on every request.
         """
+        return self._authorization
+
+    def __post_init__(self) -> None:
         kind = "Bearer" if self.token_type.lower() == "bearer" else self.token_type
-        return f"{kind} {self.access_token}"
+        object.__setattr__(self, "_authorization", f"{kind} {self.access_token}")
 
     def evolve(self, **changes: Any) -> Token:
         """A copy with some fields changed."""

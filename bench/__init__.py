@@ -1,0 +1,1 @@
+"""tokenward's benchmark harness (`make bench`, `make soak`): see bench/run.py."""

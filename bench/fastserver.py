@@ -1,0 +1,78 @@
+"""A minimal HTTP/1.1 server on raw asyncio, run in its own process by the hot-path benchmark.
+
+It answers every request with 200 and a tiny JSON body, as fast as it can, keeping connections
+alive; `POST /oauth/token` gets a token response (a one-hour access token) so that every OAuth
+client can fetch its first token here. It runs in a separate process so that its CPU time is
+not counted as the client's. The first line on stdout is the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+
+_OK = b'{"ok":true}'
+_TOKEN = (
+    b'{"access_token":"hot-path-access-token-0123456789abcdef","token_type":"Bearer",'
+    b'"expires_in":3600,"refresh_token":"hot-path-refresh-token"}'
+)
+
+
+def _response(body: bytes) -> bytes:
+    head = (
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+RESPONSE_OK = _response(_OK)
+RESPONSE_TOKEN = _response(_TOKEN)
+
+
+class _Http(asyncio.Protocol):
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self._buffer[:end]
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            total = end + 4 + length
+            if len(self._buffer) < total:
+                return
+            self._buffer = self._buffer[total:]
+            token = head.startswith(b"POST /oauth/token")
+            assert self._transport is not None
+            self._transport.write(RESPONSE_TOKEN if token else RESPONSE_OK)
+
+
+async def _serve() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_Http, "127.0.0.1", 0, backlog=1024)
+    port = server.sockets[0].getsockname()[1]
+    print(port, flush=True)
+    # Serve until the parent closes our stdin.
+    await loop.run_in_executor(None, sys.stdin.read)
+    server.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve())

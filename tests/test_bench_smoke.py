@@ -1,0 +1,71 @@
+"""The benchmark harness (bench/, `make bench`) in a tiny configuration, so it cannot rot.
+
+It runs `bench/run.py --quick` in a subprocess (the storm spawns worker processes, which need
+`bench` importable by path) with only tokenward and the hand-made refresher in the storm, and
+checks that every part produced numbers and that tokenward's storm column failed no request.
+It never writes docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("authlib")
+pytest.importorskip("requests_oauthlib")
+pytest.importorskip("httpx_auth")
+
+
+@pytest.mark.timeout(120)
+def test_bench_quick_produces_numbers(tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "run.py"),
+        "--quick",
+        "--no-docs",
+        "--results",
+        str(tmp_path),
+        "--peers",
+        "tokenward,hand-made",
+        "--storm-configs",
+        "async:10,threads:4,processes:2",
+        "--storm-duration",
+        "1.2",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (path,) = tmp_path.glob("quick-*.json")
+    results = json.loads(path.read_text())
+
+    hot = results["hot"]["rows"]
+    assert {row["case"] for row in hot} >= {"httpx2 static header", "httpx2 + tokenward"}
+    assert all(row["cpu_us_per_request"] > 0 and row["requests_per_s"] > 0 for row in hot)
+    assert 0 <= results["profile"]["sync"]["tokenward_share"] < 1
+
+    storm = results["storm"]["rows"]
+    ours = [row for row in storm if row["peer"] == "tokenward"]
+    assert {(row["kind"], row["concurrency"]) for row in ours} == {
+        ("async", 10),
+        ("threads", 4),
+        ("processes", 2),
+    }
+    for row in ours:
+        assert row["requests"] > 0
+        assert row["failed"] == 0, row
+        assert row["refresh_token_valid"], row
+    assert any(row["peer"] == "hand-made" for row in storm)
+
+    stores = results["stores"]
+    assert {row["store"] for row in stores["ops"]} >= {"memory", "sqlite", "file", "dotenv"}
+    assert all(row["get_per_s"] > 0 and row["cas_per_s"] > 0 for row in stores["ops"])
+    assert all(row["count"] == 200 and row["write_s"] > 0 for row in stores["load"])
+
+    soak = results["soak"]
+    assert soak["requests"] > 0 and soak["failed"] == 0
+    assert soak["rss_first_mb"] > 0 and soak["rss_last_mb"] > 0
