@@ -12,7 +12,6 @@ PostgreSQL unreachable: the test skips, except under CI=true, where it fails.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
@@ -21,11 +20,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx2
 import pytest
 from broker_support import CLIENT_SECRET_ENV
+from servers import POSTGRES_URL, require
 
 from tokenward.broker.config import hash_key, new_key
 from tokenward.config import load_config
@@ -35,9 +35,6 @@ from tokenward.testing.server import EmulatorServer
 
 pytestmark = pytest.mark.timeout(120)
 
-POSTGRES_URL = os.environ.get(
-    "TOKENWARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 BROKERS = 3
 REQUESTS = 300
 LIFETIME = 4.0  # seconds: the seeded access token's lifetime (at the emulator and in the store)
@@ -46,22 +43,13 @@ LIFETIME = 4.0  # seconds: the seeded access token's lifetime (at the emulator a
 REFRESHED_LIFETIME = 30.0
 
 
-def _unreachable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: this test must run)")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def schema() -> Iterator[str]:
     """A schema of this test's own, dropped afterwards."""
-    try:
-        import psycopg
-        from psycopg import sql
+    require("postgres")
+    import psycopg
+    from psycopg import sql
 
-        psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
-    except Exception as exc:  # ImportError too: the postgres extra is missing
-        _unreachable(f"PostgreSQL is not reachable: {type(exc).__name__}: {exc}".strip())
     name = "tw_broker_scale_" + uuid.uuid4().hex[:12]
     try:
         yield name

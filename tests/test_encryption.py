@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from servers import POSTGRES_URL, REDIS_URL
 from test_stores import (  # the contract suite, re-run below against encrypted stores
-    POSTGRES_URL,
-    REDIS_URL,
     STORE_KINDS,
     _clean_network_stores,  # noqa: F401 - autouse fixture: drops Redis prefixes / PG schemas
     _isolated_name,

@@ -22,11 +22,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx2
 import pytest
 import scale_workers
+from servers import POSTGRES_URL, REDIS_URL, require, unreachable
 
 from tokenward.manager import TokenManager
 from tokenward.refresher import Refresher
@@ -34,49 +35,15 @@ from tokenward.sources.oauth2 import RefreshTokenGrant
 from tokenward.stores.base import Record, Store, due_time
 from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET, EmulatorServer, fingerprint
 
-REDIS_URL = os.environ.get("TOKENWARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "TOKENWARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 FULL = os.environ.get("TOKENWARD_SCALE_FULL") == "1"
 WORKERS = str(Path(scale_workers.__file__))
-
-
-def _unreachable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the scale tests must run)")
-    pytest.skip(reason)
-
-
-_REACHABLE: dict[str, str | None] = {}
-
-
-def _require(kind: str) -> None:
-    if kind not in _REACHABLE:
-        try:
-            if kind == "redis":
-                import redis
-
-                client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-                client.ping()
-                client.close()
-            else:
-                import psycopg
-
-                psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
-            _REACHABLE[kind] = None
-        except Exception as exc:  # ImportError too: the extra is not installed
-            _REACHABLE[kind] = f"{type(exc).__name__}: {exc}".strip()
-    reason = _REACHABLE[kind]
-    if reason is not None:
-        _unreachable(f"{kind} is not reachable for the scale tests: {reason}")
 
 
 @pytest.fixture(params=["redis", "postgres"])
 def store_cfg(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """A private key prefix (Redis) or schema (PostgreSQL), removed afterwards."""
     kind = request.param
-    _require(kind)
+    require(kind)
     name = "tw_scale_" + uuid.uuid4().hex[:12]
     if kind == "redis":
         cfg = {"kind": kind, "url": REDIS_URL, "prefix": name + ":"}
@@ -502,9 +469,9 @@ def _outage_run(
 def test_redis_restart_during_run(tokenward_emulator: EmulatorServer, tmp_path: Path) -> None:
     """A Redis server of our own (AOF, fsync always) is stopped for 1.5 s while callers and a
     refresher run: callers with valid tokens never notice, refreshes resume, nothing is lost."""
-    _require("redis")
+    require("redis")
     if shutil.which("redis-server") is None:
-        _unreachable("redis-server is not installed")
+        unreachable("redis-server is not installed")
     from tokenward.stores.redis import RedisStore
 
     port = _free_port()
@@ -535,7 +502,7 @@ def test_redis_restart_during_run(tokenward_emulator: EmulatorServer, tmp_path: 
 def test_postgres_connections_killed_during_run(tokenward_emulator: EmulatorServer) -> None:
     """Every connection of this store is terminated again and again for 2 s (the server itself
     stays up: other tests share it): callers keep working, refreshes resume, nothing is lost."""
-    _require("postgres")
+    require("postgres")
     import psycopg
     from psycopg import sql
 

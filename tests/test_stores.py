@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
+from servers import POSTGRES_URL, REDIS_URL, require
 
 try:  # python-dotenv is optional; when installed, it must read what we write
     import dotenv as python_dotenv  # type: ignore[import-not-found,unused-ignore]
@@ -63,40 +63,8 @@ def _sqlite(directory: Path) -> Store:
 # directory so that worker processes (which get the directory) land in the same one. What a test
 # created is removed after it. An unreachable server skips these tests, except under CI=true,
 # where it fails them: CI must run them.
-REDIS_URL = os.environ.get("TOKENWARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "TOKENWARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-_REACHABLE: dict[str, str | None] = {}  # server -> None when reachable, else why not
 _REDIS_PREFIXES: set[str] = set()
 _POSTGRES_SCHEMAS: set[str] = set()
-
-
-def _unreachable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the network store tests must run)")
-    pytest.skip(reason)
-
-
-def _require(server: str) -> None:
-    if server not in _REACHABLE:
-        try:
-            if server == "redis":
-                import redis
-
-                client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-                client.ping()
-                client.close()
-            else:
-                import psycopg
-
-                psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
-            _REACHABLE[server] = None
-        except Exception as exc:  # ImportError too: the extra is not installed
-            _REACHABLE[server] = f"{type(exc).__name__}: {exc}".strip()
-    reason = _REACHABLE[server]
-    if reason is not None:
-        _unreachable(f"{server} is not reachable for the store tests: {reason}")
 
 
 def _isolated_name(directory: Path) -> str:
@@ -104,7 +72,7 @@ def _isolated_name(directory: Path) -> str:
 
 
 def _redis(directory: Path) -> Store:
-    _require("redis")
+    require("redis")
     from tokenward.stores.redis import RedisStore
 
     prefix = _isolated_name(directory) + ":"
@@ -113,7 +81,7 @@ def _redis(directory: Path) -> Store:
 
 
 def _postgres(directory: Path) -> Store:
-    _require("postgres")
+    require("postgres")
     from tokenward.stores.postgres import PostgresStore
 
     schema = _isolated_name(directory)
@@ -834,8 +802,8 @@ def test_open_store_rejects_unknown_schemes(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_open_store_network_urls(tmp_path: Path) -> None:
-    _require("redis")
-    _require("postgres")
+    require("redis")
+    require("postgres")
     from tokenward.stores import PostgresStore, RedisStore
 
     name = _isolated_name(tmp_path)
@@ -884,7 +852,7 @@ async def test_unreachable_server_async(tmp_path: Path) -> None:
 
 
 def test_postgres_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
-    _require("postgres")
+    require("postgres")
     import psycopg
     from psycopg import sql
 
@@ -918,7 +886,7 @@ def test_postgres_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
 
 
 def test_postgres_newer_schema_is_refused(tmp_path: Path) -> None:
-    _require("postgres")
+    require("postgres")
     import psycopg
     from psycopg import sql
 
