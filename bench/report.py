@@ -11,6 +11,7 @@ from typing import Any
 
 HOT_TARGET = 1.03
 STORM_TARGET = 1.05
+BROKER_TARGET = 0.90
 
 
 def _fmt(value: float, digits: int = 0) -> str:
@@ -58,6 +59,19 @@ def checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
                 "valid in every run" if not lost else "lost in " + ", ".join(lost),
             )
         )
+    broker = results.get("broker")
+    if broker:
+        for ratio in broker["ratios"]:
+            low, high = ratio.get("throughput_ratio_range", [math.nan, math.nan])
+            out.append(
+                (
+                    f"broker ({ratio['connections']} connections): requests/s >= "
+                    f"{BROKER_TARGET * 100:.0f} % of the bare pass-through",
+                    ratio["throughput_ratio"] >= BROKER_TARGET,
+                    f"{ratio['throughput_ratio'] * 100:.1f} % (rounds {low * 100:.0f}-"
+                    f"{high * 100:.0f} %)",
+                )
+            )
     soak = results.get("soak")
     if soak:
         out.append(("soak: 0 failures", soak["failed"] == 0, f"{soak['failed']} failed"))
@@ -130,6 +144,42 @@ def _plots(results: dict[str, Any], directory: Path) -> dict[str, str]:
         fig.savefig(directory / "storm.png", dpi=90)
         plt.close(fig)
         made["storm"] = "storm.png"
+
+    broker = results.get("broker")
+    if broker:
+        rows = broker["rows"]
+        counts = list(dict.fromkeys(r["connections"] for r in rows))
+        targets = list(dict.fromkeys(r["target"] for r in rows))
+        colors = {"direct": "tab:gray", "pass-through": "tab:blue", "broker": "tab:green"}
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+        width = 0.8 / max(len(targets), 1)
+        for i, target in enumerate(targets):
+            mine = {r["connections"]: r for r in rows if r["target"] == target}
+            xs = [j + i * width for j in range(len(counts))]
+            axes[0].bar(
+                xs,
+                [mine[c]["requests_per_s"] for c in counts],
+                width,
+                label=target,
+                color=colors.get(target),
+            )
+            axes[1].bar(
+                xs,
+                [mine[c]["p99_ms"] for c in counts],
+                width,
+                label=target,
+                color=colors.get(target),
+            )
+        for ax in axes:
+            ax.set_xticks([j + width for j in range(len(counts))], [f"{c} conn." for c in counts])
+            ax.set_yscale("log")
+        axes[0].set_title("requests/s (log; higher is better)")
+        axes[1].set_title("p99 latency, ms (log; lower is better)")
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(directory / "broker.png", dpi=90)
+        plt.close(fig)
+        made["broker"] = "broker.png"
 
     stores = results.get("stores")
     if stores and stores["ops"]:
@@ -284,6 +334,88 @@ def _storm_section(storm: dict[str, Any]) -> list[str]:
     return lines + lines_after
 
 
+def _broker_section(broker: dict[str, Any]) -> list[str]:
+    generator = broker["generator"]
+    lines = [
+        "## 3. Broker",
+        "",
+        "`GET /v1/proxy/{credential}/api/items` through the broker vs the same request sent "
+        "to the upstream directly vs through a bare pass-through proxy on the same stack "
+        "(`bench/passthrough.py`: FastAPI, uvicorn, a streaming `httpx2.AsyncClient`; no client "
+        "key, no policy, no token, no path checks, no audit, no metrics). The upstream "
+        "(`bench/fastserver.py`, raw asyncio, answers 200), the broker and the pass-through "
+        "each run in their own process; both proxies run one uvicorn worker with the same "
+        f"settings ({', '.join(f'{k}={v}' for k, v in broker['uvicorn'].items())}) and no log "
+        "handler (the broker's audit lines are built but written nowhere). The broker's "
+        "credential holds a one-hour client-credentials token fetched before measuring, so "
+        "nothing is refreshed: this is the cost of the proxy path. Its client key is sent as "
+        f"`Authorization: Bearer twk_...` by the load generator, **{generator}**, in its own "
+        f"process. At each concurrency every target ran {broker['rounds']} rounds of "
+        f"{broker['duration']:g} s after a {broker['warmup']:g} s warm-up, targets in a new "
+        "random order each round; figures are medians over the rounds, and the ratio is the "
+        "median of the per-round ratios (broker / pass-through, measured in the same round). "
+        "Proxy CPU is the proxy process's user + system time per request (`/proc`). All of "
+        "this shares the machine's cores: the direct figures are the upstream's ceiling, the "
+        "two proxies are bound by their single Python worker.",
+        "",
+        "| connections | target | requests/s | p50 (ms) | p99 (ms) | proxy CPU us/request | "
+        "errors |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in broker["rows"]:
+        cpu = row.get("proxy_cpu_us_per_request")
+        lines.append(
+            f"| {row['connections']} | {row['target']} | {_fmt(row['requests_per_s'])} | "
+            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {_fmt(cpu) if cpu else '-'} | "
+            f"{row['errors']} |"
+        )
+    lines += [
+        "",
+        "| connections | broker / pass-through requests/s (per-round range) | broker / "
+        "pass-through CPU per request |",
+        "|---:|---:|---:|",
+    ]
+    for ratio in broker["ratios"]:
+        low, high = ratio.get("throughput_ratio_range", [math.nan, math.nan])
+        lines.append(
+            f"| {ratio['connections']} | {ratio['throughput_ratio']:.3f} ({low:.3f}-{high:.3f}) "
+            f"| {ratio['cpu_ratio']:.3f} |"
+        )
+    profile = broker.get("profile")
+    if profile:
+        calls = profile["calls_per_request"]
+        us = profile["profiled_us_per_request"]
+        lines += [
+            "",
+            "**Where the broker's extra time goes** (cProfile of each proxy in a separate "
+            f"process, one connection for {profile['seconds']:g} s; profiling inflates small "
+            "Python functions and includes waiting, so read the call counts first): the broker "
+            f"runs {calls['broker']:.0f} Python function calls per request against the "
+            f"pass-through's {calls['pass-through']:.0f} "
+            f"(x{calls['broker'] / calls['pass-through']:.3f}); tokenward's own functions take "
+            f"{profile['tokenward_us_per_request']:.0f} us of the broker's "
+            f"{us['broker']:.0f} us profiled per request. The rest of the difference is the "
+            "framework work the broker's features ask for: FastAPI resolving the client-key "
+            "dependency (`HTTPBearer` + `_client`), the audit `LogRecord` (the metrics handler "
+            "keeps the `tokenward` logger at INFO), Prometheus labels, and the path safety "
+            "checks (`_target`, `paths.py`). The Python functions called most often more per "
+            "request in the broker than in the pass-through (left), and the functions whose "
+            "own time per request grows most (right; kernel waits left out):",
+            "",
+            "| function | extra calls/request | | function | extra own time us/request "
+            "(profiled) |",
+            "|---|---:|---|---|---:|",
+        ]
+        for by_calls, by_time in zip(
+            profile["top_extra_calls"], profile["top_extra"], strict=False
+        ):
+            lines.append(
+                f"| `{by_calls['function']}` | {by_calls['extra_calls_per_request']:.1f} | | "
+                f"`{by_time['function']}` | {by_time['extra_us_per_request']:.1f} |"
+            )
+    return lines
+
+
 def _stores_section(stores: dict[str, Any]) -> list[str]:
     lines = [
         "## 4. Stores",
@@ -343,6 +475,18 @@ def _soak_section(soak: dict[str, Any]) -> list[str]:
     ]
 
 
+def _parts_dates(results: dict[str, Any]) -> list[str]:
+    """When parts were measured at different times (`--only` merges into latest.json)."""
+    dates = results.get("parts_dates", {})
+    shown = [part for part in ("hot", "storm", "broker", "stores", "soak") if results.get(part)]
+    if len({dates.get(part) for part in shown}) <= 1:
+        return []
+    return [
+        "- parts measured at different times (`--only`): "
+        + ", ".join(f"{part} {dates.get(part, 'unknown')}" for part in shown)
+    ]
+
+
 def _load_sentence(machine: dict[str, Any]) -> str:
     load = machine.get("load_average")
     if not load:
@@ -362,14 +506,17 @@ def write(results: dict[str, Any], page: Path) -> None:
         "# Benchmarks",
         "",
         "Generated by `make bench` (`python bench/run.py`) from `bench/results/latest.json`; do "
-        "not edit by hand. Every figure below was measured in one run on the machine below, "
-        "with all peers side by side; compare ratios, not absolute numbers, across machines.",
+        "not edit by hand. Every figure below was measured by the harness on the machine "
+        "below, with all peers side by side in the same run of their part (`--only` reruns "
+        "some parts and keeps the others); compare ratios, not absolute numbers, across "
+        "machines.",
         "",
         f"- date: {results.get('date', m['date'])}",
         f"- CPU: {m['cpu']}, {m['cores']} cores; {m['platform']}",
         f"- Python {m['python']} ({m['implementation']})",
         f"- peers: {', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}",
         f"- command: `{results.get('command', 'python bench/run.py').strip()}`",
+        *_parts_dates(results),
         "",
         _load_sentence(m),
         "",
@@ -402,6 +549,7 @@ def write(results: dict[str, Any], page: Path) -> None:
     sections = [
         ("hot", lambda r: _hot_section(r["hot"], r.get("profile"))),
         ("storm", lambda r: _storm_section(r["storm"])),
+        ("broker", lambda r: _broker_section(r["broker"])),
         ("stores", lambda r: _stores_section(r["stores"])),
         ("soak", lambda r: _soak_section(r["soak"])),
     ]
@@ -417,14 +565,15 @@ def write(results: dict[str, Any], page: Path) -> None:
         "```console",
         "make bench                                   # everything above (under 10 minutes)",
         "make soak                                    # the 10-minute soak",
-        "python bench/run.py --only hot,storm         # some parts (the page keeps the others)",
+        "python bench/run.py --only hot,broker        # some parts (the page keeps the others)",
         "python bench/run.py --quick --no-docs        # a few seconds: does the harness work?",
         "```",
         "",
         "Redis and PostgreSQL are taken from `TOKENWARD_BENCH_REDIS_URL` "
         "(default `redis://127.0.0.1:6379/0`) and `TOKENWARD_BENCH_POSTGRES_URL` "
         "(default `postgresql://postgres@127.0.0.1:5432/test`); a store whose server does not "
-        "answer is left out. Part 3 of the issue (the broker) is not benchmarked yet.",
+        "answer is left out. The broker part uses `wrk` (installed with apt-get when missing and "
+        "run as root; else the slower `bench/load.py`).",
         "",
     ]
     page.write_text("\n".join(lines))

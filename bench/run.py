@@ -1,7 +1,7 @@
 """`make bench` / `make soak`: tokenward against its peers, measured side by side in one run.
 
-    python bench/run.py                       # hot, storm, stores, a 60 s soak; writes the docs
-    python bench/run.py --only hot,storm      # some parts (results merge into latest.json)
+    python bench/run.py                       # hot, storm, broker, stores, a 60 s soak; the docs
+    python bench/run.py --only hot,broker     # some parts (results merge into latest.json)
     python bench/run.py --only soak --soak-duration 600   # `make soak`
     python bench/run.py --quick --no-docs     # seconds: does the harness work? (the smoke test)
     python bench/run.py --report-only         # rewrite docs/benchmarks.md from latest.json
@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable (also 
 from bench import report
 from bench.common import ROOT, machine
 
-PARTS = ("hot", "storm", "stores", "soak")
+PARTS = ("hot", "storm", "broker", "stores", "soak")
 PEER_PACKAGES = (
     "httpx2",
     "httpx",
@@ -123,6 +123,24 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         peers = args.peers.split(",") if args.peers else None
         results["storm"] = storm.run(duration=duration, configs=configs, peers=peers, progress=say)
         results["timings"]["storm"] = time.monotonic() - started
+    if "broker" in parts:
+        from bench import broker
+
+        say("broker ...")
+        started = time.monotonic()
+        if quick:  # no apt-get install from a quick run: without wrk, bench/load.py drives it
+            results["broker"] = broker.run(
+                connections=(1, 4),
+                duration=1,
+                rounds=1,
+                warmup=0,
+                install=False,
+                profile_seconds=1,
+                progress=say,
+            )
+        else:
+            results["broker"] = broker.run(progress=say)
+        results["timings"]["broker"] = time.monotonic() - started
     if "stores" in parts:
         from bench import stores
 
@@ -186,10 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for target, met, measured in report.checks(results):
         print(f"  {'ok  ' if met else 'MISS'} {target}: {measured}")
-        if not met and not target.startswith("hot path"):
+        if not met and not target.startswith(("hot path", "broker")):
             failed = True
     # A --quick run only checks that the harness works (its soak is too short for the RSS
-    # target); the CPU ratio is reported, never a failure: it is noisy on a shared machine.
+    # target); the hot-path CPU ratio and the broker's throughput ratio are reported, never a
+    # failure: they are noisy on a shared machine.
     return 1 if failed and not results["quick"] else 0
 
 

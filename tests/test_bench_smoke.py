@@ -66,6 +66,19 @@ def test_bench_quick_produces_numbers(tmp_path: Path) -> None:
     assert all(row["get_per_s"] > 0 and row["cas_per_s"] > 0 for row in stores["ops"])
     assert all(row["count"] == 200 and row["write_s"] > 0 for row in stores["load"])
 
+    broker = results["broker"]
+    rows = {(row["target"], row["connections"]): row for row in broker["rows"]}
+    assert set(rows) == {
+        (target, count) for target in ("direct", "pass-through", "broker") for count in (1, 4)
+    }
+    for row in rows.values():
+        assert row["requests"] > 0 and row["requests_per_s"] > 0, row
+        assert row["errors"] == 0, row  # every proxied request got the upstream's 200
+        assert 0 < row["p50_ms"] <= row["p99_ms"], row
+    assert all(ratio["throughput_ratio"] > 0 for ratio in broker["ratios"])
+    profile = broker["profile"]
+    assert profile["calls_per_request"]["broker"] > profile["calls_per_request"]["pass-through"]
+
     soak = results["soak"]
     assert soak["requests"] > 0 and soak["failed"] == 0
     assert soak["rss_first_mb"] > 0 and soak["rss_last_mb"] > 0

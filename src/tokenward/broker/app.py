@@ -21,6 +21,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ __all__ = ["create_app"]
 audit_logger = logging.getLogger("tokenward.audit")
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _PROXY_PREFIX = "/v1/proxy/"
+_PROXY_ROUTE = _PROXY_PREFIX + "{credential}/{path:path}"
+#: What a proxied query must not hold: control characters, spaces, DEL, `#`, backslashes.
+_UNSAFE_QUERY = re.compile(r"[\x00-\x20\x7f#\\]")
 #: The files of examples/browser-session, served under /examples/browser-session/ ("" is the
 #: page itself); anything else answers 404.
 _EXAMPLE_FILES = {
@@ -155,6 +159,7 @@ class _Credential:
     _manager: TokenManager | None = None
     _sessions: Sessions | None = None
     _issued: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
+    _origin: tuple[str, str, int | None] | None = None
 
     @property
     def name(self) -> str:
@@ -164,6 +169,15 @@ class _Credential:
     def base_url(self) -> str | None:
         value = self.config.settings.get("base_url")
         return str(value) if value else None
+
+    @property
+    def origin(self) -> tuple[str, str, int | None]:
+        """(scheme, host, port) of `base_url`, parsed once (the proxy checks every upstream
+        URL against it)."""
+        if self._origin is None:
+            base = httpx2.URL(self.base_url or "")
+            self._origin = (base.scheme, base.host, base.port)
+        return self._origin
 
     @property
     def mints(self) -> bool:
@@ -226,6 +240,8 @@ class Broker:
         self.sessions = SessionRegistry(self.limits.session_idle_timeout)
         self.metrics = BrokerMetrics(lambda: {n: (n, c.store) for n, c in self.credentials.items()})
         self.http: httpx2.AsyncClient | None = None
+        #: The per-request timeout extension of proxied requests (built once).
+        self.upstream_timeout = httpx2.Timeout(self.limits.upstream_timeout).as_dict()
         self._reaper: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -666,7 +682,7 @@ def _routes(app: FastAPI, state: Broker) -> None:
     # One route per method, so that each gets its own OpenAPI operation id.
     for method in PROXY_METHODS:
         app.add_api_route(
-            "/v1/proxy/{credential}/{path:path}",
+            _PROXY_ROUTE,
             proxy,
             methods=[method],
             operation_id=f"proxy_{method.lower()}",
@@ -674,9 +690,12 @@ def _routes(app: FastAPI, state: Broker) -> None:
             response_class=Response,
             responses=_PROXIED,
         )
+    # The proxy is the hot path: try its routes first. No other route's path starts with
+    # /v1/proxy/, so the order decides nothing but how many patterns a proxied request tries.
+    app.router.routes.sort(key=lambda route: getattr(route, "path", None) != _PROXY_ROUTE)
 
 
-def _target(request: Request, cred: _Credential) -> tuple[str, str]:
+def _target(request: Request, cred: _Credential) -> tuple[httpx2.URL, str]:
     """The upstream URL (base_url + normalized path + query) and the path for policies."""
     if not cred.base_url:
         raise BrokerError(
@@ -694,17 +713,16 @@ def _target(request: Request, cred: _Credential) -> tuple[str, str]:
     except UnsafePath as exc:
         raise BrokerError(400, "unsafe_path", str(exc)) from None
     query = request.scope.get("query_string", b"").decode("latin-1")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F or c in "#\\" for c in query):
+    if _UNSAFE_QUERY.search(query):
         raise BrokerError(400, "unsafe_path", "control characters in the query")
-    url = join_upstream(cred.base_url, path) + (f"?{query}" if query else "")
-    base, built = httpx2.URL(cred.base_url), httpx2.URL(url)
-    if (built.scheme, built.host, built.port) != (base.scheme, base.host, base.port):
+    url = httpx2.URL(join_upstream(cred.base_url, path) + (f"?{query}" if query else ""))
+    if (url.scheme, url.host, url.port) != cred.origin:
         raise BrokerError(400, "unsafe_path", "the path would leave the credential's host")
     return url, path
 
 
 async def _forward(
-    state: Broker, cred: _Credential, request: Request, url: str, client: str, path: str
+    state: Broker, cred: _Credential, request: Request, url: httpx2.URL, client: str, path: str
 ) -> Response:
     limits = state.limits
     assert state.http is not None
@@ -733,7 +751,7 @@ async def _forward(
             url,
             headers=request_headers(request.headers.items()),
             content=content,
-            extensions={"timeout": httpx2.Timeout(limits.upstream_timeout).as_dict()},
+            extensions={"timeout": dict(state.upstream_timeout)},
         )
         result = await send_with_replay(
             state.http, cred.manager, cred.manager.expiry_rule, upstream, streamed=streamed

@@ -18,6 +18,8 @@ __all__ = ["UnsafePath", "join_upstream", "upstream_path"]
 # control character (and `%25`, which would turn the next decoding into one of those).
 _BAD_ESCAPE = re.compile(r"%(2e|2f|5c|25|0[0-9a-f]|1[0-9a-f]|7f)", re.IGNORECASE)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+#: Control characters and spaces (code points below 0x21, and DEL).
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
 class UnsafePath(ValueError):
@@ -29,7 +31,7 @@ def upstream_path(raw: str) -> str:
 
     `raw` is the part of the raw request path after `/v1/proxy/{credential}/`.
     """
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw):
+    if _CONTROL.search(raw):
         raise UnsafePath("control characters or spaces in the path")
     if "\\" in raw:
         raise UnsafePath("backslash in the path")
