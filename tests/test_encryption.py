@@ -530,3 +530,26 @@ def test_rekey_in_a_subprocess(rekey_env: Path) -> None:
     store = EncryptedStore(SQLiteStore(rekey_env.parent / "tokens.db"), _ring(KEY_B))
     assert store.rekey(dry_run=True).current == 3
     store.close()
+
+
+def test_encrypted_store_opened_without_keys_sends_nothing(tmp_path: Path) -> None:
+    """Ciphertext read through a plain store must never reach the provider as a token."""
+    calls: list[object] = []
+
+    def fetch(current: object) -> dict[str, Any]:
+        calls.append(current)
+        return {"access_token": "new-access-secret", "expires_in": 3600}
+
+    inner = SQLiteStore(tmp_path / "t.db")
+    with TokenManager("ml", FunctionSource(fetch), EncryptedStore(inner, _ring(KEY_A))) as manager:
+        manager.seed(access_token=ACCESS, refresh_token=REFRESH, expires_in=3600)
+    with TokenManager("ml", FunctionSource(fetch), inner) as manager:
+        with pytest.raises(StoreError) as caught:
+            manager.token()
+        with pytest.raises(StoreError):
+            manager.refresh()
+    assert calls == []
+    message = str(caught.value)
+    assert "encryption_keys" in message and str(tmp_path / "t.db") in message
+    for secret in SECRETS:
+        assert secret not in message

@@ -36,6 +36,7 @@ from .retry import RetryPolicy
 from .sources.base import HttpSource, Source
 from .sources.function import FunctionSource
 from .stores.base import Record, Store
+from .stores.encrypted import PREFIX as ENCRYPTED_PREFIX
 from .token import Token
 from .transport import HttpRequest, send, send_async
 
@@ -139,6 +140,7 @@ def refresh_flow(ctx: FlowContext, seen: Token | None, force: bool = False) -> F
 
 def _adoptable(ctx: FlowContext, rec: Record | None, seen: Token | None) -> Token | None:
     """The stored token, if it is newer than `seen` and fresh; raises if re-auth is pending."""
+    _check_readable(ctx, rec)
     token = rec.token() if rec else None
     if (
         token is not None
@@ -157,6 +159,20 @@ def _adoptable(ctx: FlowContext, rec: Record | None, seen: Token | None) -> Toke
         # Invariant 5/6: never present a refused refresh token again; wait for a re-seed.
         raise ReauthorizationRequired(ctx.key, "needs_reauth", rec.last_error)
     return None
+
+
+def _check_readable(ctx: FlowContext, rec: Record | None) -> None:
+    """Refuse ciphertext read through a store opened without its keys: sent to the provider
+    as a refresh token it would earn an `invalid_grant` and cost a login."""
+    if rec is not None and any(
+        value and value.startswith(ENCRYPTED_PREFIX)
+        for value in (rec.access_token, rec.refresh_token)
+    ):
+        raise StoreError(
+            f"credential {ctx.key!r}: the store {ctx.store.location} holds encrypted tokens but "
+            "was opened without the encryption keys. Configure `[store] encryption_keys` (or "
+            "TOKENWARD_ENCRYPTION_KEY); nothing was sent to the provider."
+        )
 
 
 def _take_lease(ctx: FlowContext, seen: Token | None) -> Generator[Op, Any, Token | None]:
