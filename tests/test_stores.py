@@ -756,6 +756,22 @@ def test_no_temp_files_left_behind(tmp_path: Path) -> None:
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_temp_files_of_killed_writers_are_swept(tmp_path: Path) -> None:
+    """A writer killed mid-write leaves a private temp file holding secrets; opening the store
+    removes old ones and keeps a fresh one (it may belong to a write in progress)."""
+    for kind in ("json", "dotenv"):  # the stores written by atomic_write
+        folder = tmp_path / kind
+        folder.mkdir()
+        name = STORE_KINDS[kind](folder).location.rsplit("/", 1)[-1]
+        old, fresh = folder / f".{name}.dead.tmp", folder / f".{name}.live.tmp"
+        for leftover in (old, fresh):
+            leftover.write_bytes(b"secret-bytes")
+        os.utime(old, (time.time() - 3600, time.time() - 3600))
+        STORE_KINDS[kind](folder).close()
+        assert not old.exists(), kind
+        assert fresh.exists(), kind
+
+
 # --- open_store -----------------------------------------------------------------------------
 
 

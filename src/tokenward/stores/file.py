@@ -144,6 +144,20 @@ def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE, durable: boo
         fsync_dir(path.parent)
 
 
+def sweep_temp_files(path: Path, older_than: float = 60.0) -> int:
+    """Remove temp files `atomic_write` left behind when a writer was killed mid-write (they
+    hold secrets). Only old ones: a fresh one may belong to a write in progress."""
+    path = Path(os.path.realpath(path))
+    cutoff = time.time() - older_than
+    removed = 0
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with suppress(OSError):
+            if stale.stat().st_mtime < cutoff:
+                stale.unlink()
+                removed += 1
+    return removed
+
+
 def read_bytes(path: Path) -> bytes | None:
     """The file's bytes, or None when it does not exist."""
     try:
@@ -255,6 +269,7 @@ class SidecarFileStore(Store):
         self.location = str(path)
         self._lock = FileLock(sidecar(self.path, ".lock"))
         self._leases = SidecarLeases(sidecar(self.path, ".leases"))
+        sweep_temp_files(self.path)
 
     def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         with self._lock.hold():
