@@ -46,7 +46,7 @@ from ..stores.base import Store
 from ..token import Token, fingerprint
 from .auth import BrokerError, ClientRegistry
 from .config import BrokerConfig, ClientEntry, Limits, load_broker
-from .metrics import BrokerMetrics
+from .metrics import BrokerMetrics, EventCounter
 from .paths import UnsafePath, join_upstream, upstream_path
 from .proxy import (
     BodyTooLarge,
@@ -76,6 +76,26 @@ _EXAMPLE_FILES = {
 }
 #: How many minted-token fingerprints a credential remembers to refuse a repeated token.
 _REMEMBER_MINTED = 100_000
+
+
+def _audit_emitted() -> bool:
+    """Whether some handler could write an INFO line of `tokenward.audit` (the same walk as
+    `Logger.callHandlers`). The metrics handler is left out: it counts refresh events only,
+    never an audit line. When nothing would write it, the line is not built at all."""
+    if audit_logger.disabled or not audit_logger.isEnabledFor(logging.INFO):
+        return False
+    if audit_logger.filters:  # a filter sees every record: let it
+        return True
+    found = False
+    logger: logging.Logger | None = audit_logger
+    while logger is not None:
+        for handler in logger.handlers:
+            found = True
+            if handler.level <= logging.INFO and not isinstance(handler, EventCounter):
+                return True
+        logger = logger.parent if logger.propagate else None
+    last = logging.lastResort  # None: let logging say that no handler was found
+    return not found and (last is None or last.level <= logging.INFO)
 
 
 # -- API models (the OpenAPI document) -------------------------------------------------------------
@@ -160,6 +180,7 @@ class _Credential:
     _sessions: Sessions | None = None
     _issued: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
     _origin: tuple[str, str, int | None] | None = None
+    _base_url: tuple[str | None] | None = None
 
     @property
     def name(self) -> str:
@@ -167,8 +188,11 @@ class _Credential:
 
     @property
     def base_url(self) -> str | None:
-        value = self.config.settings.get("base_url")
-        return str(value) if value else None
+        """`base_url` from the settings (read once: the proxy asks on every request)."""
+        if self._base_url is None:
+            value = self.config.settings.get("base_url")
+            self._base_url = (str(value) if value else None,)
+        return self._base_url[0]
 
     @property
     def origin(self) -> tuple[str, str, int | None]:
@@ -305,8 +329,10 @@ class Broker:
         **fields: Any,
     ) -> None:
         """One line per action on `tokenward.audit`; a token only by its fingerprint."""
+        self.metrics.request(action, status).inc()
+        if not _audit_emitted():  # no handler would write the line: do not build it
+            return
         shown = token.fingerprint if isinstance(token, Token) else token
-        self.metrics.requests.labels(action, str(status)).inc()
         extra: dict[str, Any] = {"client": client, "credential": credential, "action": action}
         extra.update(status=status, token_fingerprint=shown or "-", **fields)
         text = " ".join(f"{k}={v}" for k, v in extra.items() if v is not None)
@@ -329,12 +355,18 @@ class _Cors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        origin = headers.get("origin")
+        origin: str | None = None
+        for key, value in scope["headers"]:  # the last Origin counts, as in a dict of them
+            if key.lower() == b"origin":
+                origin = value.decode("latin-1")
         allowed = origin is not None and origin in self.clients.origins()
-        if scope["method"] == "OPTIONS" and origin and "access-control-request-method" in headers:
-            await self._preflight(origin, allowed, headers, scope, receive, send)
-            return
+        if scope["method"] == "OPTIONS" and origin:
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+            }
+            if "access-control-request-method" in headers:
+                await self._preflight(origin, allowed, headers, scope, receive, send)
+                return
         if not allowed:
             await self.app(scope, receive, send)
             return
@@ -387,19 +419,31 @@ def _broker(request: Request) -> Broker:
     return broker
 
 
-async def _client(
-    request: Request,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> ClientEntry:
+def _authenticate(broker: Broker, request: Request) -> ClientEntry:
     """Authenticate the client, check its origin, take a token from its rate bucket."""
-    broker = _broker(request)
+    # One pass over the raw headers (as `request.headers` reads them: lower-case names, the
+    # first of several counts, latin-1).
+    authorizations: list[bytes] = []
+    origin_raw: bytes | None = None
+    host_raw: bytes | None = None
+    for key, value in request.scope["headers"]:
+        if key == b"authorization":
+            authorizations.append(value)
+        elif key == b"origin":
+            if origin_raw is None:
+                origin_raw = value
+        elif key == b"host" and host_raw is None:
+            host_raw = value
     try:
-        if len(request.headers.getlist("authorization")) > 1:  # which one would count?
+        if len(authorizations) > 1:  # which one would count?
             raise BrokerError(400, "bad_request", "send exactly one Authorization header")
-        client = broker.clients.authenticate(request.headers.get("authorization"))
-        origin = request.headers.get("origin")
+        client = broker.clients.authenticate(
+            authorizations[0].decode("latin-1") if authorizations else None
+        )
+        origin = None if origin_raw is None else origin_raw.decode("latin-1")
         if origin is not None and origin not in client.policy.cors_origins:
-            own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+            host = "" if host_raw is None else host_raw.decode("latin-1")
+            own = f"{request.url.scheme}://{host}"
             if origin != own:
                 raise BrokerError(
                     403, "origin_forbidden", f"origin not allowed for client {client.name!r}"
@@ -409,6 +453,14 @@ async def _client(
         broker.audit(None, None, "auth", exc.status, path=request.url.path, error=exc.error)
         raise
     return client
+
+
+async def _client(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ClientEntry:
+    """The client key as a dependency (declares the bearer scheme in the OpenAPI document)."""
+    return _authenticate(_broker(request), request)
 
 
 Client = Annotated[ClientEntry, Depends(_client)]
@@ -651,8 +703,11 @@ def _routes(app: FastAPI, state: Broker) -> None:
         state.audit(client.name, found.credential, "session.close", 204, token, session=session_id)
         return Response(status_code=204)
 
-    async def proxy(credential: str, path: str, request: Request, client: Client) -> Response:
+    async def proxy(credential: str, path: str, request: Request) -> Response:
         """Forward to the credential's base URL with a fresh token; one replay on expiry."""
+        # The client key is checked here rather than by `Depends(_client)` (the hot path: no
+        # dependency resolution); `openapi_extra` declares the same bearer scheme.
+        client = _authenticate(state, request)
         started = time.monotonic()
         try:
             cred = state.credential(client, credential)
@@ -674,7 +729,7 @@ def _routes(app: FastAPI, state: Broker) -> None:
                 error=exc.error,
             )
             raise
-        state.metrics.proxy_seconds.labels(credential, str(response.status_code)).observe(
+        state.metrics.proxy_histogram(credential, response.status_code).observe(
             time.monotonic() - started
         )
         return response
@@ -689,6 +744,7 @@ def _routes(app: FastAPI, state: Broker) -> None:
             tags=["proxy"],
             response_class=Response,
             responses=_PROXIED,
+            openapi_extra={"security": [{_bearer.scheme_name: []}]},
         )
     # The proxy is the hot path: try its routes first. No other route's path starts with
     # /v1/proxy/, so the order decides nothing but how many patterns a proxied request tries.
@@ -697,7 +753,8 @@ def _routes(app: FastAPI, state: Broker) -> None:
 
 def _target(request: Request, cred: _Credential) -> tuple[httpx2.URL, str]:
     """The upstream URL (base_url + normalized path + query) and the path for policies."""
-    if not cred.base_url:
+    base_url = cred.base_url
+    if not base_url:
         raise BrokerError(
             400, "no_base_url", f"credential {cred.name!r} has no base_url to proxy to"
         )
@@ -715,7 +772,7 @@ def _target(request: Request, cred: _Credential) -> tuple[httpx2.URL, str]:
     query = request.scope.get("query_string", b"").decode("latin-1")
     if _UNSAFE_QUERY.search(query):
         raise BrokerError(400, "unsafe_path", "control characters in the query")
-    url = httpx2.URL(join_upstream(cred.base_url, path) + (f"?{query}" if query else ""))
+    url = httpx2.URL(join_upstream(base_url, path) + (f"?{query}" if query else ""))
     if (url.scheme, url.host, url.port) != cred.origin:
         raise BrokerError(400, "unsafe_path", "the path would leave the credential's host")
     return url, path

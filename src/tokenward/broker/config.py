@@ -37,6 +37,7 @@ import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -115,17 +116,20 @@ class Policy:
     admin: bool = False
 
     def allows_credential(self, name: str) -> bool:
-        from fnmatch import fnmatchcase
-
+        if "*" in self.credentials:  # matches any name: no pattern match needed
+            return True
         return any(fnmatchcase(name, pattern) for pattern in self.credentials)
 
     def allows_method(self, method: str) -> bool:
         return "*" in self.methods or method.upper() in self.methods
 
     def allows_path(self, path: str) -> bool:
-        from fnmatch import fnmatchcase
-
-        return any(fnmatchcase(path, pattern) for pattern in self.paths)
+        for pattern in self.paths:  # `*` matches any path, `/*` any path starting with /
+            if pattern == "*" or (pattern == "/*" and path[:1] == "/"):
+                return True
+            if fnmatchcase(path, pattern):
+                return True
+        return False
 
 
 _POLICY_KEYS = {f.name for f in fields(Policy)}

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from ..stores.base import Store
 
-__all__ = ["BrokerMetrics"]
+__all__ = ["BrokerMetrics", "EventCounter"]
 
 #: Events that count as a refresh done, and as a refresh failure.
 _DONE = frozenset({"token.refreshed", "token.obtained"})
@@ -65,7 +65,7 @@ class _StoreCollector(Collector):
         yield reauth
 
 
-class _EventCounter(logging.Handler):
+class EventCounter(logging.Handler):
     """Counts refresh events of the `tokenward` logger by credential."""
 
     def __init__(self, done: Counter, failed: Counter, names: frozenset[str]) -> None:
@@ -114,10 +114,30 @@ class BrokerMetrics:
             ["action", "status"],
             registry=self.registry,
         )
+        #: Label children by label values, looked up once and reused (`labels()` per request
+        #: costs a lock and a tuple check); the keys are configured names and status codes.
+        self._requests: dict[tuple[str, int], Counter] = {}
+        self._proxy: dict[tuple[str, int], Histogram] = {}
         self.registry.register(_StoreCollector(stores))
-        self._handler = _EventCounter(self.refreshes, self.failures, frozenset(stores()))
+        self._handler = EventCounter(self.refreshes, self.failures, frozenset(stores()))
         self._logger = logging.getLogger("tokenward")
         self._saved_level = self._logger.level
+
+    def request(self, action: str, status: int) -> Counter:
+        """The `tokenward_broker_requests` child for (action, status)."""
+        child = self._requests.get((action, status))
+        if child is None:
+            child = self._requests[(action, status)] = self.requests.labels(action, str(status))
+        return child
+
+    def proxy_histogram(self, credential: str, status: int) -> Histogram:
+        """The `tokenward_proxy_seconds` child for (credential, status)."""
+        child = self._proxy.get((credential, status))
+        if child is None:
+            child = self._proxy[(credential, status)] = self.proxy_seconds.labels(
+                credential, str(status)
+            )
+        return child
 
     def attach(self) -> None:
         """Start counting events (lowers the `tokenward` logger to INFO if it is above)."""

@@ -44,7 +44,7 @@ def upstream_path(raw: str) -> str:
     if _SCHEME.match(raw):
         raise UnsafePath("absolute URL in the path")
     segments = raw.split("/")
-    if any(segment in (".", "..") for segment in segments):
+    if "." in segments or ".." in segments:
         raise UnsafePath("dot segment in the path")
     return "/" + raw
 

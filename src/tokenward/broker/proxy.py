@@ -51,6 +51,12 @@ _UPSTREAM_ONLY = frozenset({"set-cookie", "set-cookie2", "date", "server"}) | {
 }
 
 
+#: The fixed parts of what `request_headers` and `response_headers` drop (built once).
+_DROP_REQUEST = HOP_BY_HOP | _CLIENT_ONLY
+_DROP_RESPONSE = HOP_BY_HOP | _UPSTREAM_ONLY
+_DROP_DECODED = _DROP_RESPONSE | {"content-encoding", "content-length"}
+
+
 class BodyTooLarge(Exception):
     """The request body exceeded `Limits.max_body_bytes` while it was being streamed."""
 
@@ -66,7 +72,8 @@ def _connection_named(headers: Iterable[tuple[str, str]]) -> set[str]:
 def request_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The client's headers minus its own credentials, cookies, Host and hop-by-hop ones."""
     items = list(headers)
-    drop = HOP_BY_HOP | _CLIENT_ONLY | _connection_named(items)
+    named = _connection_named(items)
+    drop = _DROP_REQUEST | named if named else _DROP_REQUEST
     return [(k, v) for k, v in items if k.lower() not in drop]
 
 
@@ -74,9 +81,10 @@ def response_headers(headers: Iterable[tuple[str, str]], *, decoded: bool) -> li
     """The upstream's headers minus hop-by-hop ones, cookies and CORS (the broker's own).
     `decoded`: the body is sent decoded, so its encoding and length headers no longer hold."""
     items = list(headers)
-    drop = HOP_BY_HOP | _UPSTREAM_ONLY | _connection_named(items)
-    if decoded:
-        drop = drop | {"content-encoding", "content-length"}
+    named = _connection_named(items)
+    drop = _DROP_DECODED if decoded else _DROP_RESPONSE
+    if named:
+        drop = drop | named
     return [(k, v) for k, v in items if k.lower() not in drop]
 
 
