@@ -77,24 +77,13 @@ FAULTS: Final = frozenset(
     }
 )
 #: Which endpoint group a fault applies to, and which faults make sense there.
+_API_FAULTS: Final = frozenset(
+    {"503", "500", "429", "401", "timeout", "drop_after_processing", "html", "garbage"}
+)
 ENDPOINTS: Final[Mapping[str, frozenset[str]]] = {
     "token": FAULTS - {"401"},
-    "api": frozenset(
-        {"503", "500", "429", "401", "timeout", "drop_after_processing", "html", "garbage"}
-    ),
-    "session": frozenset(
-        {
-            "503",
-            "500",
-            "429",
-            "401",
-            "timeout",
-            "drop_after_processing",
-            "html",
-            "garbage",
-            "no_access_token",
-        }
-    ),
+    "api": _API_FAULTS,
+    "session": _API_FAULTS | {"no_access_token"},
 }
 #: Faults that delay the answer instead of replacing it.
 _DELAY_FAULTS: Final = frozenset({"timeout", "drop_after_processing"})
