@@ -366,7 +366,7 @@ def _row(target: str, connections: int, points: list[dict[str, Any]]) -> dict[st
 def run(
     connections: Iterable[int] = (1, 50, 200),
     duration: float = 2.0,
-    rounds: int = 3,
+    rounds: int = 5,
     warmup: float = 1.0,
     install: bool = True,
     profile_seconds: float = 3.0,

@@ -25,17 +25,25 @@ def checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
     out: list[tuple[str, bool, str]] = []
     hot = results.get("hot")
     if hot:
+        counted = {
+            row["mode"]: row
+            for row in (results.get("instructions") or {}).get("rows", [])
+            if row["case"] == "httpx2 + tokenward"
+        }
         for row in hot["rows"]:
-            if row["case"] == "httpx2 + tokenward":
-                ratio = row["cpu_ratio_vs_static"]
-                out.append(
-                    (
-                        f"hot path ({row['mode']}): CPU/request <= {HOT_TARGET:.2f} x static",
-                        ratio <= HOT_TARGET,
-                        f"{ratio:.3f} (IQR {row['cpu_ratio_iqr'][0]:.3f}-"
-                        f"{row['cpu_ratio_iqr'][1]:.3f})",
-                    )
-                )
+            if row["case"] != "httpx2 + tokenward":
+                continue
+            timed = (
+                f"time {row['cpu_ratio_vs_static']:.3f} (IQR {row['cpu_ratio_iqr'][0]:.3f}-"
+                f"{row['cpu_ratio_iqr'][1]:.3f})"
+            )
+            target = f"hot path ({row['mode']}): CPU/request <= {HOT_TARGET:.2f} x static"
+            if row["mode"] in counted:
+                # Instructions decide: the timing's spread on this VM is wider than the target.
+                ratio = counted[row["mode"]]["ratio_vs_static"]
+                out.append((target, ratio <= HOT_TARGET, f"{ratio:.4f} in instructions; {timed}"))
+            else:
+                out.append((target, row["cpu_ratio_vs_static"] <= HOT_TARGET, timed))
     storm = results.get("storm")
     if storm:
         ours = [row for row in storm["rows"] if row["peer"] == "tokenward"]
@@ -226,7 +234,9 @@ def _plots(results: dict[str, Any], directory: Path) -> dict[str, str]:
 
 
 # -- the page ------------------------------------------------------------------------------------
-def _hot_section(hot: dict[str, Any], profile: dict[str, Any] | None) -> list[str]:
+def _hot_section(
+    hot: dict[str, Any], profile: dict[str, Any] | None, counted: dict[str, Any] | None
+) -> list[str]:
     lines = [
         "## 1. Hot path: a fresh token, one request after another",
         "",
@@ -249,6 +259,24 @@ def _hot_section(hot: dict[str, Any], profile: dict[str, Any] | None) -> list[st
             f"{_fmt(row['cpu_us_per_request'], 1)} | {row['cpu_ratio_vs_static']:.3f} "
             f"({iqr[0]:.3f}-{iqr[1]:.3f}) | {row['cpu_ratio_vs_httpx2_static']:.3f} |"
         )
+    if counted:
+        lines += [
+            "",
+            "**Instructions per request** (`bench/instructions.py`): each case once more in its "
+            "own process under valgrind's callgrind, which counts the instructions the client "
+            f"process executes for {counted['requests']:,} requests after a "
+            f"{counted['warmup']}-request warm-up (the server runs natively). A count does not "
+            "move with the machine's load, so this is the measure the 3 % target is checked "
+            "against; the timings above show the same cost through this VM's noise.",
+            "",
+            "| mode | client | instructions/request | ratio vs static header |",
+            "|---|---|---:|---:|",
+        ]
+        for row in counted["rows"]:
+            lines.append(
+                f"| {row['mode']} | {row['case']} | {row['instructions_per_request']:,} | "
+                f"{row['ratio_vs_static']:.4f} |"
+            )
     if profile:
         lines += [
             "",
@@ -532,9 +560,10 @@ def write(results: dict[str, Any], page: Path) -> None:
         sync, asyn = profile["sync"], profile["async"]
         lines += [
             "",
-            "The CPU ratios above are end-to-end timings on a shared machine: their "
-            "interquartile ranges are wider than the 3 % being measured. Two measures from the "
-            "same run that depend far less on machine load: tokenward adds "
+            "The hot-path timings are end-to-end on a shared machine: their interquartile "
+            "ranges are wider than the 3 % being measured, so the target is checked on "
+            "instructions counted by callgrind (section 1) when valgrind is installed. Two more "
+            "measures from the same run that depend far less on machine load: tokenward adds "
             f"{sync['calls_per_request'] - sync['static_calls_per_request']:.0f}"
             " Python function calls per request to httpx2's "
             f"{profile['sync']['static_calls_per_request']:.0f} in sync code "
@@ -547,7 +576,7 @@ def write(results: dict[str, Any], page: Path) -> None:
             "time (section 1).",
         ]
     sections = [
-        ("hot", lambda r: _hot_section(r["hot"], r.get("profile"))),
+        ("hot", lambda r: _hot_section(r["hot"], r.get("profile"), r.get("instructions"))),
         ("storm", lambda r: _storm_section(r["storm"])),
         ("broker", lambda r: _broker_section(r["broker"])),
         ("stores", lambda r: _stores_section(r["stores"])),

@@ -100,10 +100,20 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             results["hot"] = hot.run(requests=200, rounds=10)
             results["profile"] = hot.profile(requests=1500)
+            from bench import instructions
+
+            say("  instructions per request (callgrind) ...")
+            # None (not measured) rather than an older run's counts when valgrind is missing.
+            results["instructions"] = instructions.run() if instructions.available() else None
         for row in results["hot"]["rows"]:
             say(
                 f"  hot {row['mode']:5} {row['case']:32} {row['requests_per_s']:7.0f} req/s "
                 f"{row['cpu_us_per_request']:7.1f} us CPU  x{row['cpu_ratio_vs_static']:.3f}"
+            )
+        for row in (results.get("instructions") or {}).get("rows", []):
+            say(
+                f"  hot {row['mode']:5} {row['case']:32} {row['instructions_per_request']:>10,} "
+                f"instructions  x{row['ratio_vs_static']:.4f}"
             )
         results["timings"]["hot"] = time.monotonic() - started
     if "storm" in parts:

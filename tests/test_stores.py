@@ -243,6 +243,7 @@ def test_leases(store: Store) -> None:
     assert store.acquire_lease("other", "b", 30)  # leases are per key
     assert store.release_lease("k", "a")
     assert not store.release_lease("k", "a")
+    assert not store.renew_lease("k", "a", 30)  # a late renewal never revives a released lease
     assert store.acquire_lease("k", "b", 30)
 
 

@@ -238,7 +238,8 @@ class PhaseStore(Store):
     process is in, so that the parent can tell where a SIGKILL landed. Writes to a shared
     mapping land in the page cache at once and survive the writer's death.
 
-    The flow's order is: load, acquire, load, renew, <token request>, compare_and_set, release.
+    The flow's order is: load, acquire, load, <token request>, compare_and_set, release (with a
+    renewal before each retry of the request).
     """
 
     def __init__(self, inner: Store, phase_file: str) -> None:
@@ -250,14 +251,19 @@ class PhaseStore(Store):
         finally:
             os.close(fd)
         self._commits = 0
+        self._phase = STARTING
 
     def _set(self, phase: int) -> None:
         # One 8-byte copy: `struct.pack_into` would zero the slot first and then write field
         # by field, so a kill in between could publish a state that never existed.
         self._map[:PHASE_SIZE] = struct.pack(PHASE_FORMAT, phase, self._commits)
+        self._phase = phase
 
     def load(self, key: str) -> Record | None:
-        return self.inner.load(key)
+        record = self.inner.load(key)
+        if self._phase == LEASED:
+            self._set(HTTP)  # the reload under the lease: the token request comes next
+        return record
 
     def compare_and_set(self, record: Record, expected_version: int) -> bool:
         self._set(COMMITTING)
@@ -282,7 +288,7 @@ class PhaseStore(Store):
     def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         held = self.inner.renew_lease(key, owner, ttl)
         if held:
-            self._set(HTTP)  # the flow sends the token request right after a renewal
+            self._set(HTTP)  # a renewal comes right before a retry of the token request
         return held
 
     def release_lease(self, key: str, owner: str) -> bool:

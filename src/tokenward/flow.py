@@ -14,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import heapq
+import itertools
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -127,13 +130,14 @@ def refresh_flow(ctx: FlowContext, seen: Token | None, force: bool = False) -> F
         return token
     if (token := (yield from _take_lease(ctx, seen))) is not None:
         return token
+    leased_at = time.monotonic()
     try:
         rec = yield Load(ctx.key)  # reload under the lease: someone may have just refreshed
         if (token := _adoptable(ctx, rec, seen)) is not None:
             return token
         if ctx.source.needs_record and (rec is None or not rec.refresh_token):
             raise CredentialNotSeeded(ctx.key)
-        return (yield from _refresh(ctx, rec))
+        return (yield from _refresh(ctx, rec, leased_at))
     finally:
         yield Release(ctx.key, ctx.owner)
 
@@ -251,14 +255,20 @@ def mint_flow(source: Source, key: str, retry: RetryPolicy) -> Flow:
             yield from _backoff(retry, key, exc, retries, started)
 
 
-def _refresh(ctx: FlowContext, rec: Record | None) -> Flow:
-    """Call the source with retries, then persist. Runs under the lease."""
+def _refresh(ctx: FlowContext, rec: Record | None, leased_at: float | None = None) -> Flow:
+    """Call the source with retries, then persist. Runs under the lease, which is renewed
+    before every attempt (a backoff may have outlived it) unless it was taken moments ago
+    (`leased_at`, monotonic): one store round trip less on the common path."""
     started = time.monotonic()
     retries = 0
     lost = False  # an earlier attempt's answer never arrived
     while True:
-        if not (yield Renew(ctx.key, ctx.owner, ctx.lease_ttl)) and not (
-            yield Acquire(ctx.key, ctx.owner, ctx.lease_ttl)
+        fresh_lease = leased_at is not None and started - leased_at < ctx.lease_ttl / 3
+        leased_at = None  # later attempts always renew
+        if (
+            not fresh_lease
+            and not (yield Renew(ctx.key, ctx.owner, ctx.lease_ttl))
+            and not (yield Acquire(ctx.key, ctx.owner, ctx.lease_ttl))
         ):
             raise LeaseTimeout(ctx.key, time.monotonic() - started)
         try:
@@ -404,26 +414,94 @@ def _need(store: Store | None) -> Store:
     return store
 
 
-@contextlib.contextmanager
-def _renewing(store: Store, lease: Renew) -> Iterator[None]:
-    """Renew `lease` every third of its TTL, from a helper thread, while the body runs."""
-    done = threading.Event()
+class _LeaseKeeper:
+    """Renews the leases of HTTP requests in flight, every third of their TTL.
 
-    def beat() -> None:
+    One scheduler thread per process (started on first use) instead of a thread per request:
+    most token requests finish long before their first renewal is due, and a refresher doing
+    hundreds of refreshes a second would otherwise start as many threads. The renewals run on
+    a small pool, so a store that hangs delays only its own leases' renewals.
+    """
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, _Kept]] = []
+        self._seq = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def keep(self, store: Store, lease: Renew) -> _Kept:
+        kept = _Kept(store, lease)
+        with self._wake:
+            if self._thread is None or not self._thread.is_alive():
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    4, thread_name_prefix="tokenward-lease"
+                )
+                self._thread = threading.Thread(
+                    target=self._run, name="tokenward-lease-keeper", daemon=True
+                )
+                self._thread.start()
+            heapq.heappush(self._due, (time.monotonic() + lease.ttl / 3, next(self._seq), kept))
+            self._wake.notify()
+        return kept
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                _, _, kept = heapq.heappop(self._due)
+                if kept.done:
+                    continue
+                heapq.heappush(
+                    self._due,
+                    (time.monotonic() + kept.lease.ttl / 3, next(self._seq), kept),
+                )
+            try:
+                assert self._pool is not None
+                self._pool.submit(kept.renew)
+            except RuntimeError:  # the interpreter is shutting down: no new pool work
+                kept.renew()
+
+
+@dataclass(slots=True)
+class _Kept:
+    store: Store
+    lease: Renew
+    done: bool = False
+
+    def renew(self) -> None:
         # Best effort: if the lease is lost or the store fails, the commit's compare-and-set
         # still guards the record, and the request's own outcome is what counts.
-        with contextlib.suppress(Exception):
-            while not done.wait(lease.ttl / 3):
-                if not store.renew_lease(lease.key, lease.owner, lease.ttl):
-                    return
+        if self.done:
+            return
+        try:
+            if not self.store.renew_lease(self.lease.key, self.lease.owner, self.lease.ttl):
+                self.done = True
+        except Exception:
+            self.done = True
 
-    thread = threading.Thread(target=beat, name=f"tokenward-lease-{lease.key}", daemon=True)
-    thread.start()
+
+_KEEPER = _LeaseKeeper()
+
+
+def _new_keeper_after_fork() -> None:
+    """A forked child has no keeper thread (and maybe a lock a parent thread held)."""
+    global _KEEPER
+    _KEEPER = _LeaseKeeper()
+
+
+os.register_at_fork(after_in_child=_new_keeper_after_fork)
+
+
+@contextlib.contextmanager
+def _renewing(store: Store, lease: Renew) -> Iterator[None]:
+    """Keep `lease` renewed (every third of its TTL) while the body runs."""
+    kept = _KEEPER.keep(store, lease)
     try:
         yield
     finally:
-        done.set()
-        thread.join()
+        kept.done = True
 
 
 @contextlib.asynccontextmanager
