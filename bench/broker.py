@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +102,14 @@ def _profiled(app: Any, out: str) -> Any:
 
 
 class _Proxy:
-    def __init__(self, kind: str, arg: str, env: dict[str, str]) -> None:
+    """A proxy in its own process (`prefix`: a command to run it under, e.g. valgrind)."""
+
+    def __init__(
+        self, kind: str, arg: str, env: dict[str, str], prefix: Sequence[str] = ()
+    ) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]), **env)
         self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH_DIR / "broker.py"), "serve", kind, arg],
+            [*prefix, sys.executable, str(BENCH_DIR / "broker.py"), "serve", kind, arg],
             stdout=subprocess.PIPE,
             text=True,
             env=env,
@@ -162,10 +166,10 @@ burst = 1000000000
     return path
 
 
-def _wait_ready(url: str, headers: dict[str, str]) -> None:
+def _wait_ready(url: str, headers: dict[str, str], timeout: float = 30.0) -> None:
     import httpx2
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while True:
         try:
             if httpx2.get(url, headers=headers, timeout=5).status_code == 200:
@@ -228,6 +232,19 @@ def parse_wrk(output: str) -> dict[str, Any]:
     }
 
 
+# On a machine with 2+ cores, the proxy under test gets the last core to itself and the load
+# generator and the upstream share the others: four busy processes on two unpinned cores made
+# per-round throughput ratios swing by +-30 %.
+_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+PROXY_CPUS = set(_CPUS[-1:]) if len(_CPUS) >= 2 else set()
+LOAD_CPUS = set(_CPUS[:-1]) if len(_CPUS) >= 2 else set()
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    if cpus:
+        os.sched_setaffinity(pid, cpus)
+
+
 def _load(
     wrk: str | None, url: str, connections: int, seconds: float, headers: dict[str, str]
 ) -> dict[str, Any]:
@@ -237,7 +254,12 @@ def _load(
         for name, value in headers.items():
             command += ["-H", f"{name}: {value}"]
         done = subprocess.run(
-            [*command, url], capture_output=True, text=True, timeout=seconds + 30, check=True
+            [*command, url],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+            check=True,
+            preexec_fn=lambda: _pin(0, LOAD_CPUS),
         )
         return parse_wrk(done.stdout)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
@@ -366,7 +388,7 @@ def _row(target: str, connections: int, points: list[dict[str, Any]]) -> dict[st
 def run(
     connections: Iterable[int] = (1, 50, 200),
     duration: float = 2.0,
-    rounds: int = 5,
+    rounds: int = 4,
     warmup: float = 1.0,
     install: bool = True,
     profile_seconds: float = 3.0,
@@ -385,6 +407,9 @@ def run(
         secret = {SECRET_ENV: "bench-secret"}
         passthrough = _Proxy("passthrough", upstream.url, secret)
         broker = _Proxy("broker", str(config), secret)
+        _pin(upstream.pid, LOAD_CPUS)
+        for proxy in (passthrough, broker):
+            _pin(proxy.proc.pid, PROXY_CPUS)
         try:
             urls = {
                 "direct": upstream.url + PATH,

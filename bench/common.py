@@ -65,6 +65,7 @@ class FastServer:
         self._proc = _spawn([str(BENCH_DIR / "fastserver.py")])
         assert self._proc.stdout is not None
         self.port = int(self._proc.stdout.readline())
+        self.pid = self._proc.pid
         self.url = f"http://127.0.0.1:{self.port}"
         self.token_url = self.url + "/oauth/token"
 

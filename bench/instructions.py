@@ -18,12 +18,14 @@ entered), sends `n` requests, and calls `os.getpgrp()` (callgrind writes the cou
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -106,16 +108,93 @@ def _count(mode: str, case: str, url: str, n: int, warmup: int) -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        # The dump made at os_getpgrp is the first numbered part (out.1); its totals line
-        # is the instructions executed since os_getppid zeroed the counters.
-        dumps = sorted(Path(tmp).glob("callgrind.out.*"))
-        if not dumps:
-            raise RuntimeError(f"callgrind wrote no dump for {mode} {case!r}")
-        text = dumps[0].read_text()
-        match = re.search(r"^(?:totals|summary):\s*(\d+)", text, re.MULTILINE)
-        if match is None:
-            raise RuntimeError(f"no instruction total in the callgrind dump for {case!r}")
-        return int(match.group(1))
+        # The dump made at os_getpgrp is the first numbered part (out.1): the instructions
+        # executed since os_getppid zeroed the counters.
+        return _dumped(out, f"{mode} {case!r}")
+
+
+def _dumped(out: Path, what: str, timeout: float = 60.0) -> int:
+    """The instruction total of callgrind's first numbered dump next to `out`."""
+    ends = time.monotonic() + timeout
+    while True:
+        dumps = sorted(out.parent.glob(out.name + ".*"))
+        text = dumps[0].read_text() if dumps else ""
+        match = re.search(r"^totals:\s*(\d+)", text, re.MULTILINE)
+        if match is not None:
+            return int(match.group(1))
+        if time.monotonic() > ends:
+            raise RuntimeError(f"callgrind wrote no instruction total for {what}")
+        time.sleep(0.2)  # a dump requested from outside is written by the process itself
+
+
+def _broker_count(
+    kind: str, arg: str, path: str, headers: dict[str, str], requests: int, warmup: int
+) -> int:
+    """Instructions one proxy process executes for `requests` proxied requests (one at a
+    time): the proxy runs under callgrind, `callgrind_control` zeroes and dumps its counters
+    around the counted requests."""
+    import httpx2
+
+    from . import broker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        prefix = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            f"--log-file={tmp}/valgrind.log",
+            "--dump-instr=no",
+        ]
+        proxy = broker._Proxy(kind, arg, {broker.SECRET_ENV: "bench-secret"}, prefix)
+        try:
+            target = proxy.url + path
+            broker._wait_ready(target, headers, timeout=180)  # slow to start under valgrind
+            with httpx2.Client(headers=headers, timeout=120) as client:
+                for _ in range(warmup):
+                    client.get(target).raise_for_status()
+                _control("-z", proxy.proc.pid)
+                for _ in range(requests):
+                    client.get(target).raise_for_status()
+                _control("-d", proxy.proc.pid)
+            return _dumped(out, f"the {kind} proxy")
+        finally:
+            proxy.close()
+
+
+def _control(flag: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True)
+
+
+def broker_run(requests: int = 300, warmup: int = 50) -> dict[str, Any]:
+    """Instructions per request of the broker's proxy path and of the bare pass-through (both
+    run one at a time under callgrind; the upstream runs natively)."""
+    from tokenward.broker.config import hash_key, new_key
+
+    from . import broker
+
+    key = new_key()
+    headers = {"Authorization": f"Bearer {key}"}
+    with tempfile.TemporaryDirectory() as tmp, FastServer() as upstream:
+        config = broker._config(Path(tmp), upstream.url, hash_key(key))
+        proxies = {
+            "pass-through": ("passthrough", upstream.url, broker.PATH),
+            "broker": ("broker", str(config), f"/v1/proxy/{broker.CREDENTIAL}{broker.PATH}"),
+        }
+        with ThreadPoolExecutor(2) as pool:
+            futures = {
+                name: pool.submit(_broker_count, *spec, headers, requests, warmup)
+                for name, spec in proxies.items()
+            }
+            counts = {name: future.result() / requests for name, future in futures.items()}
+    return {
+        "requests": requests,
+        "warmup": warmup,
+        "pass_through_per_request": round(counts["pass-through"]),
+        "broker_per_request": round(counts["broker"]),
+        # One single-threaded worker each: when CPU-bound, requests/s go as 1 / instructions.
+        "throughput_ratio": counts["pass-through"] / counts["broker"],
+    }
 
 
 def run(requests: int = 1000, warmup: int = 200, jobs: int = 2) -> dict[str, Any]:
@@ -148,6 +227,9 @@ def main(argv: list[str]) -> int:
     if not available():
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 1
+    if argv[:1] == ["--broker"]:
+        print(json.dumps(broker_run(), indent=1))
+        return 0
     result = run()
     for row in result["rows"]:
         print(

@@ -80,6 +80,18 @@ def checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
                     f"{high * 100:.0f} %)",
                 )
             )
+    counted = results.get("broker_instructions")
+    if broker and counted:
+        ratio = counted["throughput_ratio"]
+        out.append(
+            (
+                f"broker: requests/s >= {BROKER_TARGET * 100:.0f} % of the bare pass-through, "
+                "from instructions per request (load-independent)",
+                ratio >= BROKER_TARGET,
+                f"{ratio * 100:.1f} % ({counted['broker_per_request']:,} vs "
+                f"{counted['pass_through_per_request']:,} instructions/request)",
+            )
+        )
     soak = results.get("soak")
     if soak:
         out.append(("soak: 0 failures", soak["failed"] == 0, f"{soak['failed']} failed"))
@@ -362,7 +374,7 @@ def _storm_section(storm: dict[str, Any]) -> list[str]:
     return lines + lines_after
 
 
-def _broker_section(broker: dict[str, Any]) -> list[str]:
+def _broker_section(broker: dict[str, Any], counted: dict[str, Any] | None) -> list[str]:
     generator = broker["generator"]
     lines = [
         "## 3. Broker",
@@ -382,9 +394,10 @@ def _broker_section(broker: dict[str, Any]) -> list[str]:
         f"{broker['duration']:g} s after a {broker['warmup']:g} s warm-up, targets in a new "
         "random order each round; figures are medians over the rounds, and the ratio is the "
         "median of the per-round ratios (broker / pass-through, measured in the same round). "
-        "Proxy CPU is the proxy process's user + system time per request (`/proc`). All of "
-        "this shares the machine's cores: the direct figures are the upstream's ceiling, the "
-        "two proxies are bound by their single Python worker.",
+        "Proxy CPU is the proxy process's user + system time per request (`/proc`). The proxy "
+        "under test has the machine's last core to itself (`sched_setaffinity`); wrk and the "
+        "upstream share the others, so the direct figures are the upstream's ceiling there, "
+        "and the two proxies are bound by their single Python worker.",
         "",
         "| connections | target | requests/s | p50 (ms) | p99 (ms) | proxy CPU us/request | "
         "errors |",
@@ -409,6 +422,22 @@ def _broker_section(broker: dict[str, Any]) -> list[str]:
             f"| {ratio['connections']} | {ratio['throughput_ratio']:.3f} ({low:.3f}-{high:.3f}) "
             f"| {ratio['cpu_ratio']:.3f} |"
         )
+    if counted:
+        lines += [
+            "",
+            "**Instructions per request** (`bench/instructions.py`): each proxy once more under "
+            "valgrind's callgrind, sent "
+            f"{counted['requests']} requests one at a time after {counted['warmup']} warm-up "
+            "requests, its counters zeroed and dumped around them (`callgrind_control`). The "
+            f"broker executes {counted['broker_per_request']:,} instructions per request, the "
+            f"pass-through {counted['pass_through_per_request']:,} "
+            f"(x{counted['broker_per_request'] / counted['pass_through_per_request']:.3f}). A "
+            "single-worker proxy that is bound by its CPU serves requests in inverse proportion "
+            "to that work, so the broker keeps "
+            f"**{counted['throughput_ratio'] * 100:.1f} %** of the pass-through's throughput by "
+            "this count, which does not move with the machine's load the way the wrk rounds "
+            "above do.",
+        ]
     profile = broker.get("profile")
     if profile:
         calls = profile["calls_per_request"]
@@ -578,7 +607,7 @@ def write(results: dict[str, Any], page: Path) -> None:
     sections = [
         ("hot", lambda r: _hot_section(r["hot"], r.get("profile"), r.get("instructions"))),
         ("storm", lambda r: _storm_section(r["storm"])),
-        ("broker", lambda r: _broker_section(r["broker"])),
+        ("broker", lambda r: _broker_section(r["broker"], r.get("broker_instructions"))),
         ("stores", lambda r: _stores_section(r["stores"])),
         ("soak", lambda r: _soak_section(r["soak"])),
     ]
