@@ -50,6 +50,18 @@ def available() -> bool:
     return shutil.which("valgrind") is not None
 
 
+def _callgrind(out: Path, *options: str) -> list[str]:
+    """The valgrind command that counts instructions into `out` (dumps: `out.1`, ...)."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        "--dump-instr=no",
+        "--compress-strings=no",
+        *options,
+    ]
+
+
 def _worker(mode: str, case: str, url: str, n: int, warmup: int) -> None:
     """Runs under callgrind: build the case, warm up, then the counted requests."""
     from . import hot
@@ -84,13 +96,7 @@ def _count(mode: str, case: str, url: str, n: int, warmup: int) -> int:
         out = Path(tmp) / "callgrind.out"
         subprocess.run(
             [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                "--zero-before=os_getppid",
-                "--dump-before=os_getpgrp",
-                "--dump-instr=no",
-                "--compress-strings=no",
+                *_callgrind(out, "--zero-before=os_getppid", "--dump-before=os_getpgrp"),
                 sys.executable,
                 "-m",
                 "bench.instructions",
@@ -139,13 +145,7 @@ def _broker_count(
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        prefix = [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={out}",
-            f"--log-file={tmp}/valgrind.log",
-            "--dump-instr=no",
-        ]
+        prefix = _callgrind(out, f"--log-file={tmp}/valgrind.log")
         proxy = broker._Proxy(kind, arg, {broker.SECRET_ENV: "bench-secret"}, prefix)
         try:
             target = proxy.url + path

@@ -441,9 +441,14 @@ class _LeaseKeeper:
                     target=self._run, name="tokenward-lease-keeper", daemon=True
                 )
                 self._thread.start()
-            heapq.heappush(self._due, (time.monotonic() + lease.ttl / 3, next(self._seq), kept))
-            self._wake.notify()
+            self._schedule(kept)
+            if self._due[0][2] is kept:  # due before anything else: the keeper must wake sooner
+                self._wake.notify()
         return kept
+
+    def _schedule(self, kept: _Kept) -> None:
+        """File `kept`'s next renewal, a third of its TTL from now (caller holds `_wake`)."""
+        heapq.heappush(self._due, (time.monotonic() + kept.lease.ttl / 3, next(self._seq), kept))
 
     def _run(self) -> None:
         while True:
@@ -453,10 +458,7 @@ class _LeaseKeeper:
                 _, _, kept = heapq.heappop(self._due)
                 if kept.done:
                     continue
-                heapq.heappush(
-                    self._due,
-                    (time.monotonic() + kept.lease.ttl / 3, next(self._seq), kept),
-                )
+                self._schedule(kept)
             try:
                 assert self._pool is not None
                 self._pool.submit(kept.renew)
