@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -707,6 +708,14 @@ def demo(ctx: click.Context) -> None:
 cli.add_command(rekey)  # `tokenward rekey` lives in cli_rekey.py (encryption at rest)
 
 
+def _on_sigterm(action: Callable[[], None]) -> Any:
+    """Run `action` on SIGTERM instead of dying; the previous handler (None off the main
+    thread, where Python cannot install one)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda _signum, _frame: action())
+
+
 @cli.command("refresher")
 @click.option(
     "--credential",
@@ -785,6 +794,9 @@ def refresher(
         threading.Thread(target=worker.run, args=(stop, duration), daemon=True)
         for worker in refreshers
     ]
+    # SIGTERM (systemd, Kubernetes, docker stop) drains like Ctrl-C: the refreshes in flight
+    # reach the store (their answers may carry the only valid refresh tokens) before exit.
+    previous = _on_sigterm(stop.set)
     for thread in threads:
         thread.start()
     click.echo(f"refresher running for {len(chosen)} credential(s); Ctrl-C stops it", err=True)
@@ -798,6 +810,8 @@ def refresher(
         stop.set()
         for worker in refreshers:
             worker.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         totals: dict[str, int] = {}
         for worker in refreshers:
             for name, value in worker.stats.snapshot().items():

@@ -41,13 +41,25 @@ class Credential:
         return await self.manager.atoken()
 
     def close(self) -> None:
+        """Wait for a refresh in flight to reach the store, then release the HTTP client
+        (`TokenManager.close`); later refreshes raise `ManagerClosed`."""
         self.manager.close()
+
+    async def aclose(self) -> None:
+        """`close()` for asyncio code (does not block the event loop)."""
+        await self.manager.aclose()
 
     def __enter__(self) -> Credential:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> Credential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"Credential({self.name!r}, grant={self.config.grant!r})"

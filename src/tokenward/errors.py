@@ -10,6 +10,7 @@ __all__ = [
     "CredentialNotSeeded",
     "LeaseTimeout",
     "MalformedTokenResponse",
+    "ManagerClosed",
     "ReauthorizationRequired",
     "RefreshFailed",
     "RequestRejected",
@@ -145,6 +146,19 @@ class LeaseTimeout(TokenwardError):
             f"credential {credential!r}: waited {waited:.1f}s for another process to finish "
             "refreshing; it neither finished nor released its lease. It will expire on its own; "
             "retry, or raise the lease wait."
+        )
+
+
+class ManagerClosed(TokenwardError):
+    """A refresh was asked of a `TokenManager` after `close()`: its HTTP client is released,
+    and a token request sent now could rotate a refresh token nobody is left to store."""
+
+    def __init__(self, credential: str) -> None:
+        self.credential = credential
+        super().__init__(
+            f"credential {credential!r}: the TokenManager for {credential!r} is closed, so no "
+            "refresh is started. Create a new manager (it continues from the store) instead of "
+            "using one after close() or its `with` block."
         )
 
 

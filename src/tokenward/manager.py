@@ -8,6 +8,8 @@ expiry however many threads, event loops and processes ask.
   leader's `concurrent.futures.Future`, which threads (`.result()`) and any event loop
   (`asyncio.wrap_future`) can both wait on. Across processes, the store lease does the same.
 - `invalidate(token)` compares versions: a rejection of an old token adopts the current one.
+- `close()` waits for a refresh in flight before it releases the HTTP client: the provider may
+  already have rotated the refresh token, and only that request's answer carries the new one.
 
 The protocol itself lives in `tokenward.flow`; this module only decides when to run it.
 """
@@ -28,13 +30,14 @@ from typing import Any
 import httpx2
 
 from . import events
+from .errors import ManagerClosed
 from .flow import FlowContext, refresh_flow, run, run_async
 from .retry import RetryPolicy
 from .rules import ExpiryRule
 from .sources.base import Source
 from .stores.base import Record, Store
 from .token import Token
-from .transport import DEFAULT_TIMEOUT
+from .transport import DEFAULT_TIMEOUT, longest_request
 
 __all__ = ["RefreshPolicy", "TokenManager"]
 
@@ -122,6 +125,10 @@ class TokenManager:
         self._hot: _Hot | None = None
         self._lock = threading.Lock()
         self._flight: concurrent.futures.Future[Token] | None = None
+        #: The loop whose task leads the flight (non-rotating async refreshes), else None.
+        self._flight_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._released = False
         self._background_pending = False
         self._retry_not_before = 0.0
         self._client: httpx2.Client | None = http_client
@@ -210,6 +217,7 @@ class TokenManager:
     # -- background refresher -------------------------------------------------------------------
     def start(self) -> None:
         """Refresh in a daemon thread ahead of the refresh window, so requests never wait."""
+        self._check_open()
         if self._refresher is None or not self._refresher.is_alive():
             self._stop.clear()
             self._refresher = threading.Thread(
@@ -219,6 +227,7 @@ class TokenManager:
 
     async def astart(self) -> None:
         """Refresh in an asyncio task on the running loop (the async twin of `start()`)."""
+        self._check_open()
         if self._refresher_task is None or self._refresher_task.done():
             self._stop.clear()
             self._refresher_task = asyncio.get_running_loop().create_task(self._arefresher_loop())
@@ -234,12 +243,34 @@ class TokenManager:
             self._refresher_task = None
 
     def close(self) -> None:
-        """Stop the refresher and release the HTTP client (the store is the caller's)."""
+        """Stop the refresher, wait for a refresh in flight, then release the HTTP client (the
+        store is the caller's: close it after this returns).
+
+        A refresh in flight may already have rotated the refresh token at the provider; only
+        its answer carries the new one, so it is allowed to land in the store first (for at
+        most as long as the refresh itself may take: `_drain_bound`). Afterwards no refresh is
+        started: one that would be needed raises `ManagerClosed`, while a token still fresh is
+        still served. From a coroutine, prefer `await aclose()`, which does not block the loop.
+        """
+        flight = self._shut()
         self.stop()
-        if self._client is not None and self._own_client:
-            self._client.close()
-        if self._own_client:
-            self._client = None
+        if flight is not None and not self._led_on_this_loop():
+            self._drained(concurrent.futures.wait([flight], timeout=self._drain_bound())[0])
+        self._release_client()
+
+    async def aclose(self) -> None:
+        """`close()` for asyncio code: awaits the refresh in flight without blocking the loop."""
+        flight = self._shut()
+        self._stop.set()
+        if self._refresher_task is not None:
+            self._refresher_task.cancel()
+            self._refresher_task = None
+        if flight is not None:
+            done, _ = await asyncio.wait([asyncio.wrap_future(flight)], timeout=self._drain_bound())
+            self._drained(done)
+        if self._refresher is not None:
+            await asyncio.to_thread(self.stop)
+        self._release_client()
 
     def __enter__(self) -> TokenManager:
         return self
@@ -247,12 +278,60 @@ class TokenManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> TokenManager:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` / `aclose()` has begun: no new refresh starts."""
+        return self._closed
+
     def __repr__(self) -> str:
         hot = self._hot
         current = hot.token.fingerprint if hot else "-"
         return f"TokenManager({self.key!r}, token={current!r}, store={self.store!r})"
 
     # -- internals ------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerClosed(self.key)
+
+    def _shut(self) -> concurrent.futures.Future[Token] | None:
+        """Refuse new refreshes from now on; the refresh in flight, if any, to wait for."""
+        with self._lock:
+            self._closed = True
+            return self._flight
+
+    def _led_on_this_loop(self) -> bool:
+        """The flight is led by a task of the loop running in this thread: blocking on it would
+        deadlock. Such a flight uses its own HTTP client, so closing ours cannot harm it."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return self._flight_loop is running
+
+    def _drain_bound(self) -> float:
+        """How long closing waits for a refresh in flight: as long as that refresh may take (its
+        wait for another process's lease, its retry deadline, one more request), so only a
+        refresh that is stuck beyond its own limits is abandoned."""
+        request = longest_request(self._timeout)
+        return self._lease_wait + self._retry.deadline + 2 * request
+
+    def _drained(self, done: set[Any]) -> None:
+        if not done:
+            events.emit("manager.close_timeout", self.key, waited=round(self._drain_bound(), 1))
+
+    def _release_client(self) -> None:
+        self._released = True
+        if self._client is not None and self._own_client:
+            self._client.close()
+        if self._own_client:
+            self._client = None
+
     @property
     def _owner(self) -> str:
         # The pid is read each time so that a forked child never shares its parent's leases.
@@ -300,7 +379,7 @@ class TokenManager:
         """In the refresh window: start one background refresh and keep serving `hot`."""
         if hot is None or time.time() >= hot.usable_until:
             return None
-        if self._flight is None and time.time() >= self._retry_not_before:
+        if self._flight is None and not self._closed and time.time() >= self._retry_not_before:
             with self._lock:
                 start = not self._background_pending
                 self._background_pending = True
@@ -344,6 +423,8 @@ class TokenManager:
         with self._lock:
             if self._flight is not None:
                 return self._flight, False
+            if self._closed:
+                raise ManagerClosed(self.key)
             flight: concurrent.futures.Future[Token] = concurrent.futures.Future()
             flight.set_running_or_notify_cancel()  # a waiter's cancellation cannot cancel it
             self._flight = flight
@@ -362,6 +443,7 @@ class TokenManager:
                     token, self.policy.refresh_at(token), self.policy.usable_until(token)
                 )
             self._flight = None
+            self._flight_loop = None
         if error is not None:
             flight.set_exception(error)
         else:
@@ -382,6 +464,9 @@ class TokenManager:
 
     def _sync_client(self) -> httpx2.Client:
         if self._client is None:
+            if self._released:
+                # Only a refresh abandoned by close() (past its own limits) gets here.
+                raise ManagerClosed(self.key)
             self._client = httpx2.Client(timeout=self._timeout, verify=self._ssl())
         return self._client
 
@@ -411,7 +496,10 @@ class TokenManager:
         for _ in range(3):
             flight, leader = self._join()
             if leader:
-                self._spawn(asyncio.get_running_loop(), self._alead(flight, seen, force))
+                loop = asyncio.get_running_loop()
+                if not self.source.rotating:
+                    self._flight_loop = loop  # see _led_on_this_loop
+                self._spawn(loop, self._alead(flight, seen, force))
             token = await asyncio.shield(asyncio.wrap_future(flight))
             if leader or self._accepts(token, seen, force):
                 return token

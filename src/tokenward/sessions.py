@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -36,7 +37,7 @@ from .flow import mint_flow, run, run_async
 from .retry import RetryPolicy
 from .sources.base import Source
 from .token import Token
-from .transport import DEFAULT_TIMEOUT
+from .transport import DEFAULT_TIMEOUT, longest_request
 
 __all__ = [
     "AsyncSession",
@@ -398,6 +399,10 @@ class Sessions:
         self._atransports: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, _SharedAsyncTransport
         ] = weakref.WeakKeyDictionary()
+        #: Sessions being opened (token minted, start hook running); close() waits for them.
+        self._opening = 0
+        self._idle = threading.Condition()
+        self._closed = False
 
     def session(self) -> _Scope:
         """`with sessions.session() as s:` or `async with sessions.session() as s:`."""
@@ -406,41 +411,82 @@ class Sessions:
     def open(self) -> Session:
         """Mint a token and start a session; the caller must `close()` it (or a finalizer will
         stop it when it is garbage-collected)."""
-        client = _bound_client(httpx2.Client, self.base_url, None, self._timeout, self._transport)
-        try:
-            token = self._fresh(run(mint_flow(self.source, self.key, self._retry), None, client))
-        except BaseException:
-            client.close()
-            raise
-        session = self._new(Session, token, client)
-        self._started(session, lambda state: self.hooks.start(state))
-        return session
+        with self._open_one():
+            client = _bound_client(
+                httpx2.Client, self.base_url, None, self._timeout, self._transport
+            )
+            try:
+                flow = mint_flow(self.source, self.key, self._retry)
+                token = self._fresh(run(flow, None, client))
+            except BaseException:
+                client.close()
+                raise
+            session = self._new(Session, token, client)
+            self._started(session, lambda state: self.hooks.start(state))
+            return session
 
     async def aopen(self) -> AsyncSession:
         """`open()` for asyncio code."""
-        client = _bound_client(
-            httpx2.AsyncClient, self.base_url, None, self._timeout, self._atransport()
-        )
-        try:
-            flow = mint_flow(self.source, self.key, self._retry)
-            token = self._fresh(await run_async(flow, None, client))
-        except BaseException:
-            await client.aclose()
-            raise
-        session = self._new(AsyncSession, token, client)
-        try:
-            await self.hooks.astart(session._state)
-        except BaseException:
-            await session.aclose()  # a half-opened upstream session is stopped too
-            raise
-        self._tick(session, async_=True)
-        return session
+        with self._open_one():
+            client = _bound_client(
+                httpx2.AsyncClient, self.base_url, None, self._timeout, self._atransport()
+            )
+            try:
+                flow = mint_flow(self.source, self.key, self._retry)
+                token = self._fresh(await run_async(flow, None, client))
+            except BaseException:
+                await client.aclose()
+                raise
+            session = self._new(AsyncSession, token, client)
+            try:
+                await self.hooks.astart(session._state)
+            except BaseException:
+                await session.aclose()  # a half-opened upstream session is stopped too
+                raise
+            self._tick(session, async_=True)
+            return session
 
     def close(self) -> None:
-        """Close the shared sync connection pool (open sessions keep working until closed)."""
+        """Refuse new sessions, wait for those being opened (their token is minted and their
+        upstream session starting: dropping them half-way would leak an upstream session),
+        then close the shared sync connection pool. Open sessions stay open until closed."""
+        self._drain()
         self._transport.pool.close()
 
+    async def aclose(self) -> None:
+        """`close()` for asyncio code: waits without blocking the event loop, and also closes
+        this loop's shared async pool."""
+        await asyncio.to_thread(self._drain)
+        self._transport.pool.close()
+        transport = self._atransports.pop(asyncio.get_running_loop(), None)
+        if transport is not None:
+            await transport.pool.aclose()
+
     # -- internals ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _open_one(self) -> Iterator[None]:
+        with self._idle:
+            if self._closed:
+                raise SessionClosed(
+                    f"sessions of {self.key!r} are closed (Sessions.close() was called): no new "
+                    "session is opened. Create a new Sessions object to open more."
+                )
+            self._opening += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._opening -= 1
+                self._idle.notify_all()
+
+    def _drain(self) -> None:
+        """Close to new sessions and wait (bounded) for the ones being opened."""
+        bound = self._retry.deadline + self._stop_timeout + 2 * longest_request(self._timeout)
+        with self._idle:
+            self._closed = True
+            if not self._idle.wait_for(lambda: self._opening == 0, timeout=bound):
+                events.emit("sessions.close_timeout", self.key, opening=self._opening)
+
     def _atransport(self) -> _SharedAsyncTransport:
         loop = asyncio.get_running_loop()
         with self._lock:

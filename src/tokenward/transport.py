@@ -15,9 +15,25 @@ import httpx2
 
 from .errors import TransientError
 
-__all__ = ["DEFAULT_TIMEOUT", "HttpRequest", "HttpResponse", "send", "send_async"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "HttpRequest",
+    "HttpResponse",
+    "longest_request",
+    "send",
+    "send_async",
+]
 
 DEFAULT_TIMEOUT = httpx2.Timeout(10.0, connect=5.0)
+
+
+def longest_request(timeout: httpx2.Timeout | float) -> float:
+    """The longest one request can take under `timeout` (all of its phases together)."""
+    if isinstance(timeout, httpx2.Timeout):
+        parts = (timeout.connect, timeout.read, timeout.write, timeout.pool)
+        return sum(part for part in parts if part is not None)
+    return float(timeout)
+
 
 # The request never left this machine: retrying cannot double-spend a refresh token.
 _NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.WriteError)

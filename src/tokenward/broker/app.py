@@ -243,11 +243,13 @@ class _Credential:
             self._issued.popitem(last=False)
         return token
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Let a refresh in flight reach the store (its answer may carry the only valid
+        refresh token), then release the manager's and the sessions' HTTP clients."""
         if self._manager is not None:
-            self._manager.close()
+            await self._manager.aclose()
         if self._sessions is not None:
-            self._sessions.close()
+            await self._sessions.aclose()
 
 
 class Broker:
@@ -287,8 +289,8 @@ class Broker:
         await self.sessions.close_all()
         if self.http is not None:
             await self.http.aclose()
-        for credential in self.credentials.values():
-            credential.close()
+        # Every credential drains its refresh in flight before the stores close below.
+        await asyncio.gather(*(credential.aclose() for credential in self.credentials.values()))
         self.metrics.detach()
         self.config.close()
 

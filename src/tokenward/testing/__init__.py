@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         FAULTS,
         INVALID_GRANT_BODY,
         Emulator,
+        Hold,
         create_app,
         fingerprint,
     )
@@ -32,6 +33,7 @@ __all__ = [
     "TEST_CLIENT_SECRET",
     "Emulator",
     "EmulatorServer",
+    "Hold",
     "create_app",
     "fingerprint",
 ]
@@ -48,6 +50,7 @@ _LAZY = {
     "FAULTS": "emulator",
     "INVALID_GRANT_BODY": "emulator",
     "Emulator": "emulator",
+    "Hold": "emulator",
     "create_app": "emulator",
     "fingerprint": "emulator",
     "EmulatorServer": "server",

@@ -37,6 +37,7 @@ __all__ = [
     "FAULTS",
     "INVALID_GRANT_BODY",
     "Emulator",
+    "Hold",
     "create_app",
     "fingerprint",
 ]
@@ -85,6 +86,8 @@ ENDPOINTS: Final[Mapping[str, frozenset[str]]] = {
     "api": _API_FAULTS,
     "session": _API_FAULTS | {"no_access_token"},
 }
+#: Where :meth:`Emulator.hold` can stall a request.
+HOLD_STAGES: Final = frozenset({"received", "answered"})
 #: Faults that delay the answer instead of replacing it.
 _DELAY_FAULTS: Final = frozenset({"timeout", "drop_after_processing"})
 
@@ -108,6 +111,9 @@ COUNTER_NAMES: Final = (
     "api_ok",
     "api_401",
     "api_403",
+    "api_401_expired",
+    "api_401_revoked",
+    "admin_revocations",
     "faults_injected",
     "abandoned_requests",
     "sessions_started",
@@ -127,6 +133,7 @@ _SETTINGS: Final[Mapping[str, tuple[type, ...]]] = {
     "revoke_family_on_reuse": (bool,),
     "refresh_lifetime": (int, float, type(None)),
     "latency": (int, float),
+    "answer_latency": (int, float),
     "api_latency": (int, float),
     "www_authenticate": (bool,),
     "session_token_lifetime": (int, float),
@@ -237,6 +244,35 @@ class _Fault:
     delay: float | None
 
 
+class Hold:
+    """A stall placed by :meth:`Emulator.hold`: requests that reach it wait for `release()`."""
+
+    def __init__(self, endpoint: str, stage: str, times: int) -> None:
+        self.endpoint = endpoint
+        self.stage = stage
+        self.remaining = times
+        #: Set when a request reaches the hold (it stays set).
+        self.arrived = threading.Event()
+        self._released = threading.Event()
+
+    def wait(self, timeout: float = 10.0) -> None:
+        """Block until a request has reached the hold (AssertionError after `timeout`)."""
+        if not self.arrived.wait(timeout):
+            raise AssertionError(f"no {self.endpoint} request reached the {self.stage} hold")
+
+    def release(self) -> None:
+        """Let held requests (and any later one reaching this hold) continue."""
+        self._released.set()
+
+    @property
+    def released(self) -> bool:
+        return self._released.is_set()
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else "arrived" if self.arrived.is_set() else "armed"
+        return f"Hold({self.endpoint!r}, {self.stage!r}, {state})"
+
+
 @dataclass
 class _Reply:
     """A transport-free answer, so the state logic stays testable without HTTP."""
@@ -278,6 +314,7 @@ class Emulator:
         self.revoke_family_on_reuse: bool = False
         self.refresh_lifetime: float | None = None
         self.latency: float = 0.0
+        self.answer_latency: float = 0.0
         self.api_latency: float = 0.0
         self.www_authenticate: bool = False
         self.session_token_lifetime: float = 300
@@ -304,6 +341,7 @@ class Emulator:
         self._counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self._paths: dict[str, int] = {}
         self._refresh_log: list[dict[str, Any]] = []
+        self._holds: dict[tuple[str, str], deque[Hold]] = {}
         if settings:
             self.configure(**settings)
 
@@ -437,6 +475,38 @@ class Emulator:
             self._counters["faults_injected"] += 1
             return _Fault(head.name, 1, head.retry_after, head.delay)
 
+    def hold(self, endpoint: str = "token", *, stage: str = "received", times: int = 1) -> Hold:
+        """Stall the next ``times`` requests to ``endpoint`` at ``stage`` until released.
+
+        ``stage`` is ``received`` (the request has arrived, nothing is processed yet) or
+        ``answered`` (processed, e.g. a refresh token already rotated, the answer not yet sent).
+        The returned :class:`Hold` tells the test when a request got there (``arrived``), so
+        tests act at an exact instant of a request instead of sleeping; a server shutdown
+        releases every hold.
+        """
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; use one of {sorted(ENDPOINTS)}")
+        if stage not in HOLD_STAGES:
+            raise ValueError(f"unknown stage {stage!r}; use one of {sorted(HOLD_STAGES)}")
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        held = Hold(endpoint, stage, times)
+        with self._lock:
+            self._holds.setdefault((endpoint, stage), deque()).append(held)
+        return held
+
+    def take_hold(self, endpoint: str, stage: str) -> Hold | None:
+        """Consume one use of the next hold at ``endpoint``/``stage`` (HTTP layer)."""
+        with self._lock:
+            queue = self._holds.get((endpoint, stage))
+            if not queue:
+                return None
+            head = queue[0]
+            head.remaining -= 1
+            if head.remaining <= 0:
+                queue.popleft()
+            return head
+
     # ----------------------------------------------------------------- provisioning
 
     def add_client(
@@ -489,6 +559,17 @@ class Emulator:
             now = self.now()
             for record in self._access.values():
                 record.expires_at = min(record.expires_at, now)
+
+    def revoke_access_tokens(self) -> int:
+        """An administrator's revocation (a password change, "log out everywhere"): every
+        access token issued so far stops working at once; refresh tokens stay valid, so a
+        refresh yields a working token again. Returns how many were revoked."""
+        with self._lock:
+            live = [record for record in self._access.values() if not record.revoked]
+            for record in live:
+                record.revoked = True
+            self._counters["admin_revocations"] += 1
+            return len(live)
 
     def revoke(self, token: str) -> bool:
         """Revoke an access or refresh token (a refresh token takes its family along)."""
@@ -555,6 +636,16 @@ class Emulator:
         if record is None or record.revoked or self.now() >= record.expires_at:
             return False
         return record.family is None or not self._families[record.family].revoked
+
+    def _count_rejection(self, token: str) -> None:
+        """Why an access token was refused: expired (by the provider's clock) or revoked."""
+        record = self._access.get(token)
+        if record is None:
+            return
+        if record.revoked or (record.family is not None and self._families[record.family].revoked):
+            self._counters["api_401_revoked"] += 1
+        elif self.now() >= record.expires_at:
+            self._counters["api_401_expired"] += 1
 
     def _refresh_expired(self, record: _RefreshToken) -> bool:
         life = self.refresh_lifetime
@@ -884,6 +975,7 @@ class Emulator:
             if scheme.lower() != "bearer" or not token:
                 return _Reply(401, {"message": "authorization required"}), ""
             if not self._access_valid(token):
+                self._count_rejection(token)
                 headers = (
                     {"WWW-Authenticate": 'Bearer error="invalid_token"'}
                     if self.www_authenticate
@@ -1036,6 +1128,15 @@ class _Handlers:
                 return
             await asyncio.sleep(min(remaining, 0.05))
 
+    async def held(self, endpoint: str, stage: str) -> None:
+        """Wait at a hold the test placed on this endpoint and stage, if any."""
+        hold = self.emu.take_hold(endpoint, stage)
+        if hold is None:
+            return
+        hold.arrived.set()
+        while not hold.released and not self.closing.is_set():
+            await asyncio.sleep(0.002)
+
     def fault_response(self, fault: _Fault, endpoint: str) -> Response | None:
         """Answer that replaces the real one, or None for delay-type faults."""
         name = fault.name
@@ -1085,6 +1186,7 @@ class _Handlers:
         no_store: bool = False,
     ) -> Response:
         """Common shape of a faultable endpoint: latency, fault, work, maybe a lost answer."""
+        await self.held(endpoint, "received")
         if latency > 0:
             await self.sleep(latency)
         fault = self.emu.take_fault(endpoint)
@@ -1101,6 +1203,10 @@ class _Handlers:
                 self.emu.count("abandoned_requests")
                 return Response(b"", 504)
         reply: _Reply = await work()
+        await self.held(endpoint, "answered")
+        if endpoint == "token" and self.emu.answer_latency > 0:
+            # The token's lifetime already runs while its answer travels back.
+            await self.sleep(self.emu.answer_latency)
         if fault is not None and fault.name == "drop_after_processing":
             # The work is done (a refresh token may have rotated); the answer comes too late.
             await self.sleep(delay)
@@ -1318,6 +1424,8 @@ class _Handlers:
         if action == "expire-access-tokens":
             emu.expire_access_tokens()
             return {"ok": True}
+        if action == "revoke-access-tokens":
+            return {"revoked": emu.revoke_access_tokens()}
         raise ValueError(f"unknown control action: {action}")
 
 
