@@ -37,7 +37,7 @@ from .errors import (
 )
 from .retry import RetryPolicy
 from .sources.base import HttpSource, Source
-from .sources.function import FunctionSource
+from .sources.function import Called, FunctionSource, atimed, timed
 from .stores.base import Record, Store
 from .stores.encrypted import PREFIX as ENCRYPTED_PREFIX
 from .token import Token
@@ -219,8 +219,8 @@ def _fetch(
                 raise _Rotated(exc, kept) from None
             raise
     if isinstance(source, FunctionSource):
-        value = yield Invoke(source, rec.token() if rec else None)
-        return source.parse_result(value, key)
+        called: Called = yield Invoke(source, rec.token() if rec else None)
+        return source.parse_result(called.value, key, received_at=called.started_at)
     raise TypeError(f"unsupported source {source!r}")
 
 
@@ -548,8 +548,8 @@ def _execute(op: Op, store: Store | None, client: httpx2.Client) -> Any:
                 return send(client, request)
         case Invoke(source, current):
             if source.is_async:
-                return _call_async_function(source, current)
-            return source.fn(current)
+                return timed(lambda: _call_async_function(source, current))
+            return timed(lambda: source.fn(current))
     raise TypeError(f"unknown operation {op!r}")
 
 
@@ -575,8 +575,8 @@ async def _aexecute(op: Op, store: Store | None, client: httpx2.AsyncClient) -> 
                 return await send_async(client, request)
         case Invoke(source, current):
             if source.is_async:
-                return await source.fn(current)  # type: ignore[misc]
-            return await asyncio.to_thread(source.fn, current)
+                return await atimed(lambda: source.fn(current))  # type: ignore[arg-type,return-value]
+            return await atimed(lambda: asyncio.to_thread(source.fn, current))
     raise TypeError(f"unknown operation {op!r}")
 
 

@@ -4,6 +4,11 @@ Sources build an `HttpRequest` and parse an `HttpResponse` without doing I/O; on
 talks to the network (through httpx2), once for sync callers and once for async callers. Network
 failures become `TransientError`, marked `sent=True` when the provider may have processed the
 request (the answer was lost on the way back).
+
+Each answer carries the moment its request was sent (`sent_at`): a provider counts a token's
+`expires_in` from when it issued the token, which is after the send, so expiry computed from
+the send is never later than the provider's (computed from receipt, it would be late by the
+token request's own latency, and proactive refresh with it).
 """
 
 from __future__ import annotations
@@ -53,18 +58,28 @@ class HttpResponse:
     headers: dict[str, str] = field(repr=False)  # lower-cased names
     body: bytes = field(repr=False)
     received_at: float
+    #: Wall-clock time the request was sent (None: unknown, e.g. an answer built by hand).
+    sent_at: float | None = None
+
+    @property
+    def lifetime_start(self) -> float:
+        """The earliest moment the answer's token can have been issued: `expires_in` counts
+        from here. The send time when known (receipt would add the request's latency to the
+        token's life), else the receipt time."""
+        return self.received_at if self.sent_at is None else self.sent_at
 
     @property
     def content_type(self) -> str:
         return self.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def _to_response(response: httpx2.Response) -> HttpResponse:
+def _to_response(response: httpx2.Response, sent_at: float) -> HttpResponse:
     return HttpResponse(
         status=response.status_code,
         headers={k.lower(): v for k, v in response.headers.items()},
         body=response.content,
         received_at=time.time(),
+        sent_at=sent_at,
     )
 
 
@@ -77,21 +92,23 @@ def _transient(exc: httpx2.HTTPError, request: HttpRequest) -> TransientError:
 
 def send(client: httpx2.Client, request: HttpRequest) -> HttpResponse:
     """Send with a sync client; network failures become `TransientError`."""
+    sent_at = time.time()
     try:
         response = client.request(
             request.method, request.url, headers=request.headers, content=request.body
         )
     except httpx2.TransportError as exc:
         raise _transient(exc, request) from None
-    return _to_response(response)
+    return _to_response(response, sent_at)
 
 
 async def send_async(client: httpx2.AsyncClient, request: HttpRequest) -> HttpResponse:
     """Send with an async client; network failures become `TransientError`."""
+    sent_at = time.time()
     try:
         response = await client.request(
             request.method, request.url, headers=request.headers, content=request.body
         )
     except httpx2.TransportError as exc:
         raise _transient(exc, request) from None
-    return _to_response(response)
+    return _to_response(response, sent_at)

@@ -64,13 +64,13 @@ class ApiKeyExchange(HttpSource):
         if expires_in is None and self.expires_at_path:
             value = lookup(payload, self.expires_at_path)
             if value is not MISSING:
-                expires_in = self._until(value, response.received_at, credential)
+                expires_in = self._until(value, response.lifetime_start, credential)
         if expires_in is None:
             expires_in = self.default_lifetime
         return Token.from_response(
             token,
             expires_in=expires_in,
-            received_at=response.received_at,
+            received_at=response.lifetime_start,
             token_type=self.token_type,
         )
 

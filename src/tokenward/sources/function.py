@@ -10,15 +10,38 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MalformedTokenResponse
 from ..token import Token
 from .base import Source, check_expires_in
 
-__all__ = ["FunctionSource", "TokenFunction"]
+__all__ = ["Called", "FunctionSource", "TokenFunction", "atimed", "timed"]
 
 TokenFunction = Callable[[Token | None], Token | str | Mapping[str, Any] | Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Called:
+    """What a token function returned, and when it was called: a token's `expires_in` counts
+    from its issue, which is no earlier than the call (counting from the return would make the
+    token seem to live longer than it does by the function's own run time)."""
+
+    value: Any
+    started_at: float
+
+
+def timed(call: Callable[[], Any]) -> Called:
+    """Run `call` and note when it started (for the drivers, which do the flow's I/O)."""
+    started = time.time()
+    return Called(call(), started)
+
+
+async def atimed(call: Callable[[], Awaitable[Any]]) -> Called:
+    """`timed` for a coroutine."""
+    started = time.time()
+    return Called(await call(), started)
 
 
 class FunctionSource(Source):

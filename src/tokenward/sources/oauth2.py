@@ -46,7 +46,7 @@ def parse_token_response(response: HttpResponse, credential: str) -> Token:
     return Token.from_response(
         access.strip(),
         expires_in=check_expires_in(payload.get("expires_in"), credential),
-        received_at=response.received_at,
+        received_at=response.lifetime_start,
         token_type=token_type,
         refresh_token=refresh,
         scope=scope if isinstance(scope, str) else None,
