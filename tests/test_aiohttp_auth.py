@@ -97,14 +97,14 @@ async def test_async_generator_body_is_not_replayed(
     assert (counts["api_calls"], counts["refreshes"]) == (1, 1)
 
 
-async def test_persistent_401_means_exactly_two_upstream_calls(
+async def test_persistent_401_means_exactly_three_upstream_calls(
     tokenward_emulator: EmulatorServer, session: aiohttp.ClientSession
 ) -> None:
     tokenward_emulator.emulator.inject("401", endpoint="api", times=5)
     async with session.post(tokenward_emulator.api_url + "/orders", json={"a": 1}) as answer:
         assert answer.status == 401
         assert (await answer.json())["message"] == "invalid_token"
-    assert tokenward_emulator.emulator.counters["api_calls"] == 2
+    assert tokenward_emulator.emulator.counters["api_calls"] == 3
 
 
 async def test_insufficient_scope_is_not_replayed(

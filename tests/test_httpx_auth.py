@@ -166,7 +166,7 @@ async def test_concurrent_expired_requests_share_one_refresh(
 
 
 # -- no second replay, no replay at all -----------------------------------------------------
-def test_persistent_401_reaches_the_caller_after_two_calls(
+def test_persistent_401_reaches_the_caller_after_three_calls(
     http: ModuleType, server: EmulatorServer, emulator: Emulator, manager: TokenManager
 ) -> None:
     manager.token()
@@ -176,11 +176,12 @@ def test_persistent_401_reaches_the_caller_after_two_calls(
     assert response.status_code == 401
     assert response.json()["message"] == "invalid_token"
     counters = emulator.counters
-    assert counters["api_calls"] == 2 and counters["api_401"] == 2
-    assert counters["refreshes"] == 2  # one refresh for the one replay
+    # Bounded (MAX_REPLAYS): each replay had a strictly newer token, then the rule stops.
+    assert counters["api_calls"] == 3 and counters["api_401"] == 3
+    assert counters["refreshes"] == 3  # the first token, then one refresh per replay
 
 
-async def test_async_persistent_401_reaches_the_caller_after_two_calls(
+async def test_async_persistent_401_reaches_the_caller_after_three_calls(
     http: ModuleType, server: EmulatorServer, emulator: Emulator, manager: TokenManager
 ) -> None:
     await manager.atoken()
@@ -188,7 +189,7 @@ async def test_async_persistent_401_reaches_the_caller_after_two_calls(
     async with http.AsyncClient(auth=TokenAuth(manager)) as client:
         response = await client.get(server.api_url + "/orders")
     assert response.status_code == 401
-    assert emulator.counters["api_calls"] == 2
+    assert emulator.counters["api_calls"] == 3
 
 
 @pytest.mark.parametrize("use_async", [False, True])
@@ -322,9 +323,10 @@ async def test_async_mercadolibre_rule_reads_the_body_once(
     transport = http.MockTransport(_mercadolibre_api("invalid_token", calls))
     async with http.AsyncClient(auth=TokenAuth(manager), transport=transport) as client:
         response = await client.get("https://api.mercadolibre.example/users/me")
-    assert response.status_code == 401  # still refused after the one replay
+    assert response.status_code == 401  # still refused after the replays
     assert response.json()["message"] == "invalid_token"
     new = await manager.atoken()
-    assert calls == [old.authorization, new.authorization]
-    assert new.version == old.version + 1
+    assert len(calls) == 3 and calls[0] == old.authorization and calls[2] == new.authorization
+    assert len(set(calls)) == 3  # each replay with a strictly newer token
+    assert new.version == old.version + 2
     assert fingerprint(new.access_token) != old.fingerprint

@@ -116,14 +116,14 @@ def test_generator_body_is_not_replayed(
     assert tokenward_emulator.emulator.counters["api_calls"] == 1
 
 
-def test_persistent_401_means_exactly_two_upstream_calls(
+def test_persistent_401_means_exactly_three_upstream_calls(
     tokenward_emulator: EmulatorServer, session: requests.Session
 ) -> None:
     tokenward_emulator.emulator.inject("401", endpoint="api", times=5)
     answer = session.post(tokenward_emulator.api_url + "/orders", json={"a": 1})
     assert answer.status_code == 401
-    assert len(answer.history) == 1
-    assert tokenward_emulator.emulator.counters["api_calls"] == 2
+    assert len(answer.history) == 2  # every earlier answer, oldest first
+    assert tokenward_emulator.emulator.counters["api_calls"] == 3
 
 
 def test_insufficient_scope_is_not_replayed(

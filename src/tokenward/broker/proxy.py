@@ -3,7 +3,7 @@
 The replay decision is `integrations._replay.replay_flow`, the same generator the httpx,
 requests and aiohttp integrations drive: this module only describes httpx2 requests to it
 (`_ProxyExchange`) and carries its steps out with awaits (`send_with_replay`). A body up to
-`Limits.replay_buffer_bytes` is buffered, so the request can be replayed once after an
+`Limits.replay_buffer_bytes` is buffered, so the request can be replayed after an
 expired-token answer; a larger one is streamed through, and then (as in the integrations) the
 rejected token is retired but the request is not replayed.
 """

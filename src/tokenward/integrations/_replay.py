@@ -5,19 +5,42 @@ whether an answer means "expired" (the credential's `ExpiryRule`), whether the r
 sent again, and when to invalidate. It yields steps (`TOKEN`, `SEND`, `READ`, `INVALIDATE`) that
 a client-specific driver carries out with blocking calls or awaits. Each client only describes
 its request and response objects through an `Exchange`; no integration carries its own refresh
-or replay logic (DESIGN.md invariant 3: replay at most once, with a newer token).
+or replay logic. `replay_allowed` is the rule itself, shared with the SDK guard (`sdk.py`).
+
+The rule (DESIGN.md invariant 3, extended by issue 16): a request that meets an expired-token
+answer is replayed with the token `invalidate()` returns (a newer one another caller already
+has, else one refresh shared by every caller that saw the same token rejected). If the replay
+is rejected too, the request is replayed again only when the token `invalidate()` then returns
+is strictly newer than the one the replay failed with (a higher version and a different
+value), and at most `MAX_REPLAYS` times in all. That serves a provider that revoked every
+access token (an administrator, a password change) just after a natural refresh, whose fresh
+token therefore fails too, while an API that rejects every token costs a bounded number of
+refreshes per request, never a loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from .. import events
 from ..rules import ExpiryRule
 from ..token import Token
 
-__all__ = ["INVALIDATE", "READ", "SEND", "TOKEN", "Exchange", "NotReplayable", "replay_flow"]
+__all__ = [
+    "INVALIDATE",
+    "MAX_REPLAYS",
+    "READ",
+    "SEND",
+    "TOKEN",
+    "Exchange",
+    "NotReplayable",
+    "replay_allowed",
+    "replay_flow",
+]
+
+#: How many times one request is sent again after expired-token answers (see the rule above).
+MAX_REPLAYS: Final = 2
 
 # The steps the flow asks its driver to carry out. The driver answers:
 #   TOKEN -> a Token (manager.token / atoken)         SEND(request) -> the response
@@ -48,20 +71,30 @@ class Exchange(Protocol):
         raise `NotReplayable`."""
 
 
-def replay_flow(
-    key: str, rule: ExpiryRule, exchange: Exchange, request: Any
-) -> Generator[Step, Any, Any]:
-    """Send `request` with the current token; replay it once with a newer token when the answer
-    means "expired". Returns the response the caller should see."""
-    token: Token = yield TOKEN, None
-    exchange.authorize(request, token)
-    response = yield SEND, request
+def replay_allowed(replays: int, failed: Token, fresh: Token) -> bool:
+    """Whether a request whose answer said `failed` expired is sent again with `fresh` (what
+    `invalidate(failed)` returned), after `replays` replays so far. The first replay always
+    is; a further one only with a token strictly newer than `failed`, up to `MAX_REPLAYS`."""
+    if replays == 0:
+        return True
+    return (
+        replays < MAX_REPLAYS
+        and fresh.version > failed.version
+        and fresh.access_token != failed.access_token
+    )
+
+
+def _expired(
+    key: str, rule: ExpiryRule, exchange: Exchange, response: Any, token: Token
+) -> Generator[Step, Any, bool]:
+    """Whether `response` (to a request sent with `token`) means "expired"; reads the body
+    only when the rule needs it for this status."""
     status, headers = exchange.status(response), exchange.headers(response)
     if not rule.may_match(status, headers):
-        return response  # the hot path: nothing to inspect
+        return False  # the hot path: nothing to inspect
     body = (yield READ, response) if rule.needs_body(status) else None
     if not rule.matches(status, headers, body):
-        return response
+        return False
     events.emit(
         "token.expired_answer",
         key,
@@ -69,14 +102,47 @@ def replay_flow(
         version=token.version,
         status=status,
     )
-    try:
-        replay = exchange.prepare_replay(request)
-    except NotReplayable as exc:
-        events.emit("request.not_replayed", key, reason=str(exc))
-        # Still retire the rejected token, so that the caller's next request gets a newer one.
-        yield INVALIDATE, token
-        return response
-    fresh: Token = yield INVALIDATE, token
-    exchange.authorize(replay, fresh)
-    events.emit("request.replayed", key, fingerprint=fresh.fingerprint, version=fresh.version)
-    return (yield SEND, replay)
+    return True
+
+
+def replay_flow(
+    key: str, rule: ExpiryRule, exchange: Exchange, request: Any
+) -> Generator[Step, Any, Any]:
+    """Send `request` with the current token; replay it with a newer token when the answer
+    means "expired" (`replay_allowed` decides how often). Returns the response the caller
+    should see."""
+    token: Token = yield TOKEN, None
+    exchange.authorize(request, token)
+    response = yield SEND, request
+    replays = 0
+    while (yield from _expired(key, rule, exchange, response, token)):
+        if replays >= MAX_REPLAYS:
+            events.emit("request.not_replayed", key, reason=f"replayed {replays} times already")
+            return response
+        try:
+            replay = exchange.prepare_replay(request)
+        except NotReplayable as exc:
+            events.emit("request.not_replayed", key, reason=str(exc))
+            # Still retire the rejected token, so that the caller's next request gets a newer one.
+            yield INVALIDATE, token
+            return response
+        fresh: Token = yield INVALIDATE, token
+        if not replay_allowed(replays, token, fresh):
+            events.emit(
+                "request.not_replayed",
+                key,
+                reason="no token newer than the one the replay was rejected with",
+            )
+            return response
+        replays += 1
+        token, request = fresh, replay
+        exchange.authorize(request, token)
+        events.emit(
+            "request.replayed",
+            key,
+            fingerprint=token.fingerprint,
+            version=token.version,
+            replay=replays,
+        )
+        response = yield SEND, request
+    return response

@@ -1,4 +1,4 @@
-"""`TokenMiddleware`: aiohttp client middleware (aiohttp >= 3.12) with bearer auth and one replay
+"""`TokenMiddleware`: aiohttp client middleware (aiohttp >= 3.12) with bearer auth and a replay
 on an expired-token answer.
 
     async with aiohttp.ClientSession(middlewares=(TokenMiddleware(manager),)) as session:

@@ -6,10 +6,10 @@ The logic is one sans-I/O generator (`_flow`, shared with the other integrations
 `_replay.py`); `sync_auth_flow` and `async_auth_flow` only carry out its steps, with blocking
 calls or awaits respectively.
 
-On an answer the credential's `ExpiryRule` calls "expired", the request is replayed once, body
-included, with a token newer than the one that failed (DESIGN.md invariant 3). A streaming body
-cannot be sent twice: then the first answer is returned and a `request.not_replayed` event says
-why.
+On an answer the credential's `ExpiryRule` calls "expired", the request is replayed, body
+included, with a token newer than the one that failed (how often: `_replay.replay_allowed`). A
+streaming body cannot be sent twice: then the first answer is returned and a
+`request.not_replayed` event says why.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ _EXCHANGE = _HttpxExchange()
 
 
 class TokenAuth(httpx2.Auth, *_LEGACY_BASES):  # type: ignore[misc]
-    """Bearer auth from a `TokenManager`, with one replay on an expired-token answer.
+    """Bearer auth from a `TokenManager`, with a replay on an expired-token answer.
 
     >>> client = httpx2.Client(auth=TokenAuth(manager))
     """

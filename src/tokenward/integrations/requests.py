@@ -1,10 +1,11 @@
-"""`TokenAuth` for `requests`: bearer auth with one replay on an expired-token answer.
+"""`TokenAuth` for `requests`: bearer auth with a replay on an expired-token answer.
 
 It works like requests' own `HTTPDigestAuth`: `__call__` sets the Authorization header and
 registers a response hook; when the credential's `ExpiryRule` calls the answer "expired", the
-hook invalidates the token, copies the request with the newer token and sends it once more
+hook invalidates the token, copies the request with the newer token and sends it again
 through the same connection adapter (so the same pool, proxies, TLS and timeout settings), and
-returns the second answer with the first in `response.history`.
+returns the last answer with the earlier ones in `response.history` (how often a request is
+replayed: `_replay.replay_allowed`).
 
 The decision itself is the shared sans-I/O flow of `_replay.py`. Bodies: bytes and strings are
 replayed as they are; a file-like body is rewound to where it started when it is seekable; a
@@ -80,7 +81,7 @@ _EXCHANGE = _RequestsExchange()
 
 
 class TokenAuth(requests.auth.AuthBase):
-    """Bearer auth from a `TokenManager` for `requests`, with one replay on expiry.
+    """Bearer auth from a `TokenManager` for `requests`, with a replay on expiry.
 
     >>> session = requests.Session()
     >>> session.auth = TokenAuth(manager)
@@ -117,6 +118,7 @@ class TokenAuth(requests.auth.AuthBase):
         self, flow: Generator[Step, Any, Any], response: requests.Response, kwargs: Any
     ) -> requests.Response:
         value: Any = response
+        latest = response
         while True:
             try:
                 step, arg = flow.send(value)
@@ -127,7 +129,7 @@ class TokenAuth(requests.auth.AuthBase):
             elif step == INVALIDATE:
                 value = self.manager.invalidate(arg)
             else:
-                value = _send_again(response, arg, kwargs)
+                value = latest = _send_again(latest, arg, kwargs)
 
     def __repr__(self) -> str:
         return f"TokenAuth({self.manager.key!r})"
@@ -136,7 +138,8 @@ class TokenAuth(requests.auth.AuthBase):
 def _send_again(
     first: requests.Response, request: requests.PreparedRequest, kwargs: Any
 ) -> requests.Response:
-    """Send `request` through the adapter that served `first`, as `HTTPDigestAuth` does."""
+    """Send `request` through the adapter that served `first`, as `HTTPDigestAuth` does; the
+    answer's `history` lists every earlier answer, oldest first."""
     first.content  # noqa: B018 - consume the body so the connection goes back to the pool
     first.close()
     cookies = getattr(request, "_cookies", None)
@@ -145,6 +148,6 @@ def _send_again(
         request.prepare_cookies(cookies)
     connection = first.connection
     second: requests.Response = connection.send(request, **kwargs)
-    second.history.append(first)
+    second.history.extend([*first.history, first])
     second.request = request
     return second

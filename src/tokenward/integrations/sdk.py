@@ -1,5 +1,5 @@
-"""Replay-once for vendor SDK calls: the SDK does its own HTTP and raises its own exception on
-a 401, so there is no response to inspect, only an exception to recognise.
+"""Replay for vendor SDK calls: the SDK does its own HTTP and raises its own exception on a
+401, so there is no response to inspect, only an exception to recognise.
 
     guard = ExpiryGuard(manager, on=VendorAuthError, param="access_token")
 
@@ -16,8 +16,10 @@ a 401, so there is no response to inspect, only an exception to recognise.
 The call runs with the current token (as the keyword argument `param`, and always through
 `current_token()`); if it raises one of the named exceptions (or one `when` accepts), the token
 is invalidated through the manager (its single-flight and invalidate-by-version, so many
-failing threads cause one refresh) and the call runs once more with the newer token. A second
-failure propagates as it is (DESIGN.md invariant 3).
+failing threads cause one refresh) and the call runs again with the newer token. It runs a
+further time only under the shared rule of `_replay.replay_allowed` (a token strictly newer than
+the one the replay failed with, at most `MAX_REPLAYS` replays); otherwise the failure
+propagates as it is.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from .. import events
 from ..manager import TokenManager
 from ..token import Token
+from ._replay import MAX_REPLAYS, replay_allowed
 
 __all__ = ["Attempt", "ExpiryGuard", "current_token"]
 
@@ -47,7 +50,7 @@ def current_token() -> Token:
 
 
 class ExpiryGuard:
-    """Runs SDK calls with the current token and replays them once on an expiry exception."""
+    """Runs SDK calls with the current token and replays them on an expiry exception."""
 
     def __init__(
         self,
@@ -89,51 +92,70 @@ class ExpiryGuard:
         return wrapper
 
     def call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        """`fn(*args, **kwargs)` with the current token; once more after an expiry exception."""
+        """`fn(*args, **kwargs)` with the current token; again after an expiry exception."""
         token = self.manager.token()
-        try:
-            return self._run(fn, token, args, kwargs)
-        except Exception as exc:
-            if not self.is_expiry(exc):
-                raise
-            self._expired(token, exc)
-            fresh = self.manager.invalidate(token)
-        self._replayed(fresh)
-        return self._run(fn, fresh, args, kwargs)
+        replays = 0
+        while True:
+            try:
+                return self._run(fn, token, args, kwargs)
+            except Exception as exc:
+                if not self.is_expiry(exc) or replays >= MAX_REPLAYS:
+                    raise
+                self._expired(token, exc)
+                fresh = self.manager.invalidate(token)
+                if not replay_allowed(replays, token, fresh):
+                    raise
+            replays += 1
+            token = fresh
+            self._replayed(fresh, replays)
 
     async def acall(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
         """`call()` for coroutine functions; never blocks the event loop."""
         token = await self.manager.atoken()
-        try:
-            return await self._arun(fn, token, args, kwargs)
-        except Exception as exc:
-            if not self.is_expiry(exc):
-                raise
-            self._expired(token, exc)
-            fresh = await self.manager.ainvalidate(token)
-        self._replayed(fresh)
-        return await self._arun(fn, fresh, args, kwargs)
+        replays = 0
+        while True:
+            try:
+                return await self._arun(fn, token, args, kwargs)
+            except Exception as exc:
+                if not self.is_expiry(exc) or replays >= MAX_REPLAYS:
+                    raise
+                self._expired(token, exc)
+                fresh = await self.manager.ainvalidate(token)
+                if not replay_allowed(replays, token, fresh):
+                    raise
+            replays += 1
+            token = fresh
+            self._replayed(fresh, replays)
 
     # -- blocks ---------------------------------------------------------------------------------
     def attempts(self) -> Iterator[Attempt]:
-        """At most two attempts at a `with attempt:` block; the second only after expiry."""
+        """Attempts at a `with attempt:` block: one, and more only after an expiry exception
+        (as many as `call()` makes). An attempt that may not be repeated re-raises it."""
         attempt = Attempt(self, self.manager.token(), last=False)
         yield attempt
-        if attempt.failed is None:
-            return
-        fresh = self.manager.invalidate(attempt.token)
-        self._replayed(fresh)
-        yield Attempt(self, fresh, last=True)
+        replays = 0
+        while (failed := attempt.failed) is not None:
+            fresh = self.manager.invalidate(attempt.token)
+            if not replay_allowed(replays, attempt.token, fresh):
+                raise failed
+            replays += 1
+            self._replayed(fresh, replays)
+            attempt = Attempt(self, fresh, last=replays == MAX_REPLAYS)
+            yield attempt
 
     async def aattempts(self) -> AsyncIterator[Attempt]:
         """`attempts()` for `async for`: tokens come from `atoken()` / `ainvalidate()`."""
         attempt = Attempt(self, await self.manager.atoken(), last=False)
         yield attempt
-        if attempt.failed is None:
-            return
-        fresh = await self.manager.ainvalidate(attempt.token)
-        self._replayed(fresh)
-        yield Attempt(self, fresh, last=True)
+        replays = 0
+        while (failed := attempt.failed) is not None:
+            fresh = await self.manager.ainvalidate(attempt.token)
+            if not replay_allowed(replays, attempt.token, fresh):
+                raise failed
+            replays += 1
+            self._replayed(fresh, replays)
+            attempt = Attempt(self, fresh, last=replays == MAX_REPLAYS)
+            yield attempt
 
     # -- internals ------------------------------------------------------------------------------
     def _bind(self, token: Token, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -164,12 +186,13 @@ class ExpiryGuard:
             error=type(exc).__name__,  # the type only: an SDK message may quote the token
         )
 
-    def _replayed(self, fresh: Token) -> None:
+    def _replayed(self, fresh: Token, replay: int) -> None:
         events.emit(
             "request.replayed",
             self.manager.key,
             fingerprint=fresh.fingerprint,
             version=fresh.version,
+            replay=replay,
         )
 
     def __repr__(self) -> str:
@@ -177,9 +200,9 @@ class ExpiryGuard:
 
 
 class Attempt:
-    """One run of a guarded block: `with attempt:` swallows an expiry exception on the first
-    attempt (so the loop runs the block again with a newer token) and lets anything else, or
-    any exception on the last attempt, propagate."""
+    """One run of a guarded block: `with attempt:` swallows an expiry exception (so the loop
+    runs the block again with a newer token, or re-raises it when the replay rule says no) and
+    lets anything else, or any exception on the last attempt, propagate."""
 
     def __init__(self, guard: ExpiryGuard, token: Token, *, last: bool) -> None:
         self.guard = guard
