@@ -34,9 +34,12 @@ KEY = "ml"
 @pytest.fixture
 def emulator(tokenward_emulator: EmulatorServer) -> Emulator:
     emu = tokenward_emulator.emulator
-    # 2-second tokens; the token call takes 200 ms: 50 ms before the token is issued, 150 ms
-    # while its answer travels back (the token's lifetime already runs).
-    emu.configure(access_lifetime=2, latency=0.05, answer_latency=0.15)
+    # 2-second tokens; the token call takes 200 ms: 100 ms before the token is issued, 100 ms
+    # while its answer travels back (the token's lifetime already runs). Before the fix the
+    # client overestimated each token's life by those 100 ms; after it, a request would have to
+    # be delayed by more than 100 ms (+ the leeway) between `token()` and the provider's check
+    # to meet an expired token.
+    emu.configure(access_lifetime=2, latency=0.1, answer_latency=0.1)
     return emu
 
 
