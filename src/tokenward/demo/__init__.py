@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx2
 
-from .integrations.httpx import TokenAuth
-from .manager import RefreshPolicy, TokenManager
-from .rules import ExpiryRule
-from .sources.oauth2 import RefreshTokenGrant
-from .stores.sqlite import SQLiteStore
-from .testing.emulator import Emulator
-from .testing.server import EmulatorServer
+from ..integrations.httpx import TokenAuth
+from ..manager import RefreshPolicy, TokenManager
+from ..rules import ExpiryRule
+from ..sources.oauth2 import RefreshTokenGrant
+from ..stores.sqlite import SQLiteStore
+from ..testing.emulator import Emulator
+from ..testing.server import EmulatorServer
 
 if TYPE_CHECKING:  # rich is imported only when the demo runs, not when this module is imported
     from rich.console import Console
@@ -784,7 +784,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         render(result, Console())
     return 1 if result.problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
