@@ -117,7 +117,16 @@ def _fail(exc: BaseException, debug: bool) -> NoReturn:
 
 
 class _Cli(click.Group):
-    """Maps tokenward errors to exit codes and one-line messages (tracebacks with --debug)."""
+    """Maps tokenward errors to exit codes and one-line messages (tracebacks with --debug).
+
+    The global options (`--config`, `--json`, `--debug`) work before and after the subcommand:
+    before, they become the subcommand's defaults (`default_map`); after, every command accepts
+    `--debug` (added here when a command is registered) and its own `--config`/`--json`.
+    """
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _accept_debug(cmd)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -128,11 +137,63 @@ class _Cli(click.Group):
             _fail(exc, bool(ctx.meta.get("tokenward.debug")))
 
 
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta["tokenward.debug"] = True  # meta is shared by the whole context chain
+
+
+def _accept_debug(cmd: click.Command) -> None:
+    """Let `tokenward COMMAND ... --debug` work like `tokenward --debug COMMAND ...`."""
+    if not any(param.name == "debug" for param in cmd.params):
+        cmd.params.append(
+            click.Option(
+                ["--debug"],
+                is_flag=True,
+                expose_value=False,
+                callback=_set_debug,
+                help="Show tracebacks on errors.",
+            )
+        )
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _accept_debug(sub)
+
+
+def _global_defaults(group: click.Group, values: dict[str, Any]) -> dict[str, Any]:
+    """A `default_map` giving every (sub)command that has one of these parameters its value."""
+    defaults: dict[str, Any] = {}
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            defaults[name] = _global_defaults(cmd, values)
+        else:
+            names = {param.name for param in cmd.params}
+            defaults[name] = {key: value for key, value in values.items() if key in names}
+    return defaults
+
+
+def _takes(group: click.Group, param: str) -> list[str]:
+    """Names of the commands that accept `param` (for the error of a misplaced global)."""
+    return sorted(
+        name for name, cmd in group.commands.items() if any(p.name == param for p in cmd.params)
+    )
+
+
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tokenward", prog_name="tokenward")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"Configuration file (default: ${CONFIG_ENV}, ./tokenward.toml, user config dir).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (status).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, config_path: Path | None, as_json: bool, debug: bool) -> None:
     """Keep API credentials alive.
+
+    Global options also work after the command: `tokenward status --json --config x.toml`.
 
     \b
     Example:
@@ -141,7 +202,24 @@ def cli(ctx: click.Context, debug: bool) -> None:
       tokenward login ml
       curl -H "Authorization: Bearer $(tokenward token ml)" https://api.mercadolibre.com/users/me
     """
-    ctx.meta["tokenward.debug"] = debug
+    if debug:
+        ctx.meta["tokenward.debug"] = True
+    group = ctx.command
+    assert isinstance(group, click.Group)
+    values: dict[str, Any] = {}
+    if config_path is not None:
+        values["config_path"] = config_path
+    if as_json:
+        subcommand = group.commands.get(ctx.invoked_subcommand or "")
+        if subcommand is not None and not any(p.name == "as_json" for p in subcommand.params):
+            raise click.UsageError(
+                f"`tokenward {ctx.invoked_subcommand}` has no JSON output; --json works with: "
+                + ", ".join(_takes(group, "as_json")),
+                ctx,
+            )
+        values["as_json"] = True
+    if values:
+        ctx.default_map = _global_defaults(group, values)
 
 
 def _config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -259,6 +337,22 @@ def add(name: str, config_path: Path | None, **options: str | None) -> None:
     path = _target_path(config_path)
     _append_credential(path, name, settings)
     click.echo(f"added [credentials.{name}] to {path}")
+    click.echo(f"next: {_next_step(load_config(path).credential_config(name))}")
+
+
+def _next_step(settings: CredentialConfig) -> str:
+    """What to run to give a credential its first token: export the secrets it references
+    that are not set yet, then log in (or, for grants that need no person, ask for a token)."""
+    unset = [
+        str(value)[4:]
+        for key in ("client_id", "client_secret", "api_key")
+        if str(value := settings.settings.get(key, "")).startswith("env:")
+        and not os.environ.get(str(value)[4:])
+    ]
+    exports = "".join(f"export {var}=...; " for var in unset)
+    if settings.grant == "refresh_token":
+        return f"{exports}tokenward login {settings.name}"
+    return f"{exports}tokenward token {settings.name}"
 
 
 @cli.command()
@@ -319,10 +413,12 @@ def refresh(name: str, config_path: Path | None) -> None:
     click.echo(f"refreshed {name}: token {fresh.fingerprint}, {_expires(fresh.expires_at)}")
 
 
-def _expires(expires_at: float | None) -> str:
+def _expires(expires_at: float | None, short: bool = False) -> str:
     if expires_at is None:
-        return "expiry unknown"
+        return "unknown" if short else "expiry unknown"
     left = expires_at - time.time()
+    if short:
+        return f"in {left:.0f}s" if left > 0 else f"{-left:.0f}s ago"
     return f"expires in {left:.0f}s" if left > 0 else f"expired {-left:.0f}s ago"
 
 
@@ -407,20 +503,66 @@ def status(as_json: bool, prefix: str | None, config_path: Path | None) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
+
+    console = Console()
+    wide = console.width >= WIDE_STATUS
+    console.print(_status_table(rows, wide))
+    if not wide:
+        for line in _status_errors(rows):
+            console.print(line, highlight=False, markup=False)
+    for row in rows:
+        hint = _status_hint(config, row)
+        if hint:
+            click.echo(hint)
+
+
+#: Terminal width from which `status` shows every column on one line per credential.
+WIDE_STATUS = 140
+
+
+def _status_table(rows: list[dict[str, Any]], wide: bool) -> Any:
+    """Every column on a wide terminal. Narrower (80 columns), the columns that fit without
+    cutting a name or a state; the last errors are then listed under the table."""
+    from rich import box
     from rich.table import Table
 
-    table = Table("credential", "state", "token", "expires", "last refresh", "refreshes", "error")
+    columns = ["credential", "state", "token", "expires", "refreshes"]
+    if wide:
+        columns[4:4] = ["last refresh"]
+    table = Table(*columns, box=box.ROUNDED if wide else box.SIMPLE_HEAD)
+    if wide:
+        table.add_column("error", overflow="fold")
+    for column in table.columns[:4]:
+        column.no_wrap = True
     for row in rows:
-        table.add_row(
+        cells = [
             row["name"],
             row["state"],
             row["token"],
-            _expires(row["expires_at"]) if row["state"] != "empty" else "-",
-            _when(row["last_refresh"]),
+            _expires(row["expires_at"], short=not wide) if row["state"] != "empty" else "-",
             str(row["refresh_count"]),
-            row["last_error"] or "",
-        )
-    Console().print(table)
+        ]
+        if wide:
+            cells[4:4] = [_when(row["last_refresh"])]
+            cells.append(row["last_error"] or "")
+        table.add_row(*cells)
+    return table
+
+
+def _status_errors(rows: list[dict[str, Any]]) -> list[str]:
+    return [f"{row['name']}: {row['last_error']}" for row in rows if row["last_error"]]
+
+
+def _status_hint(config: Config, row: dict[str, Any]) -> str | None:
+    """The next step for a credential that has no usable token yet."""
+    settings = config.credentials.get(str(row["name"]))
+    if settings is None:
+        return None
+    if row["state"] == "empty":
+        return f"{row['name']} has no token yet; next: {_next_step(settings)}"
+    if row["state"] == "needs_reauth":
+        return f"{row['name']} needs a login; next: tokenward login {row['name']}"
+    return None
 
 
 # -- login ----------------------------------------------------------------------------------------
@@ -508,6 +650,11 @@ def _login_code(settings: CredentialConfig, port: int, browser: bool, timeout: f
         click.echo(f"Open this URL to authorize tokenward:\n{url}", err=True)
         if browser:
             threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+        click.echo(
+            f"Waiting up to {timeout:.0f}s for the provider's redirect to {redirect_uri} "
+            "(Ctrl-C cancels).",
+            err=True,
+        )
 
     query = _wait_for_callback(port, announce, timeout)
     code = parse_callback(query, state)
@@ -574,38 +721,73 @@ def login(
 # -- revoke, import-env, demo ---------------------------------------------------------------------
 @cli.command()
 @click.argument("name")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Only forget the stored tokens; do not ask the provider (which may have no endpoint).",
+)
 @_config_option
-def revoke(name: str, config_path: Path | None) -> None:
+def revoke(name: str, local: bool, config_path: Path | None) -> None:
     """Revoke NAME's tokens at the provider (RFC 7009) and mark it as needing a login.
+
+    With --local, or for a provider without a revocation endpoint, the stored tokens are
+    forgotten here only: the provider keeps them valid until they expire.
 
     \b
     Example:
-      tokenward revoke ml
+      tokenward revoke google
+      tokenward revoke ml --local         # MercadoLibre has no revocation endpoint
     """
     config = _load(config_path)
     settings = config.credential_config(name)
-    client = settings.oauth_client()
-    if not client.revocation_url:
-        raise ConfigError(f"{settings.where}: revocation_url is required to revoke")
+    revocation_url = settings.get("revocation_url")
+    if not local and not revocation_url:
+        raise ConfigError(_no_revocation_endpoint(settings))
     store = config.store_for(settings)
     record = store.load(name)
     if record is None:
         click.echo(f"{name}: nothing stored, nothing to revoke")
         return
-    for secret, hint in ((record.refresh_token, "refresh_token"), (record.access_token, "")):
-        if secret:
-            response = _http(client.revocation_request(secret, hint or "access_token"))
-            if response.status >= 400:
-                parse_token_response(response, name)  # raises the classified error
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    if local:
+        how = (
+            f"revoked locally with `tokenward revoke --local` on {when} "
+            "(the provider was not asked)"
+        )
+    else:
+        _revoke_at_provider(settings, record.refresh_token, record.access_token)
+        how = f"revoked at the provider with `tokenward revoke` on {when}"
     updated = record.successor(
-        access_token=None,
-        refresh_token=None,
-        expires_at=None,
-        state="needs_reauth",
-        last_error="revoked with `tokenward revoke`",
+        access_token=None, refresh_token=None, expires_at=None, state="needs_reauth", last_error=how
     )
     store.compare_and_set(updated, record.version)
-    click.echo(f"revoked {name}; run `tokenward login {name}` to use it again")
+    where = "forgot the stored tokens of" if local else "revoked"
+    click.echo(f"{where} {name}; next: `tokenward login {name}` to use it again")
+
+
+def _no_revocation_endpoint(settings: CredentialConfig) -> str:
+    """Why `revoke` cannot ask the provider, what the provider offers instead, and the fixes."""
+    preset = settings.settings.get("preset")
+    note = settings.settings.get("revocation_note")
+    origin = f"the {preset} preset" if preset else "it"
+    text = f"{settings.where} has no revocation_url, so tokenward cannot revoke at the provider"
+    if note:
+        text += f" ({origin}: {note})"
+    return (
+        f"{text}. Run `tokenward revoke {settings.name} --local` to forget the stored tokens "
+        f'here, or set revocation_url = "https://..." in [credentials.{settings.name}] if '
+        "the provider has an RFC 7009 endpoint."
+    )
+
+
+def _revoke_at_provider(settings: CredentialConfig, *tokens: str | None) -> None:
+    """RFC 7009: revoke each token (refresh token first: it may take the access token along)."""
+    client = settings.oauth_client()
+    for secret, hint in zip(tokens, ("refresh_token", "access_token"), strict=True):
+        if secret:
+            response = _http(client.revocation_request(secret, hint))
+            if response.status >= 400:
+                parse_token_response(response, settings.name)  # raises the classified error
 
 
 def _read_env(path: Path) -> dict[str, str]:

@@ -136,6 +136,7 @@ CREDENTIAL_KEYS: dict[str, tuple[Check, str]] = {
     "authorize_url": _STR,
     "device_authorization_url": _STR,
     "revocation_url": _STR,
+    "revocation_note": _STR,
     "redirect_port": (lambda v: isinstance(v, int) and 0 <= v < 65536, "a port number"),
     "authorize_params": _TABLE,
     "scope": _STR,

@@ -40,11 +40,18 @@ class ReauthorizationRequired(TokenwardError):
         description: str | None = None,
         *,
         answer_lost: bool = False,
+        cause: str | None = None,
     ) -> None:
         self.credential = credential
         self.error = error
         self.description = description
         self.answer_lost = answer_lost
+        if cause is not None:  # not the provider's answer (a stored state, a local revoke)
+            super().__init__(
+                f"credential {credential!r}: re-authorization required: {cause}. "
+                f"Log in again (`tokenward login {credential}`) or seed a new refresh token."
+            )
+            return
         if answer_lost:
             cause = (
                 "the answer to a refresh was lost in transit (the provider probably rotated the "
@@ -57,6 +64,18 @@ class ReauthorizationRequired(TokenwardError):
             f"credential {credential!r}: re-authorization required: {cause}: {error}{detail}. "
             f"Log in again (`tokenward login {credential}`) or seed a new refresh token."
         )
+
+    @classmethod
+    def stored(cls, credential: str, last_error: str | None) -> ReauthorizationRequired:
+        """The store already marks the credential as needing a login: say why, in the words
+        recorded when it happened (the provider's refusal, or a revocation), without claiming
+        the provider was asked now."""
+        prefix = f"credential {credential!r}: re-authorization required: "
+        cause = (last_error or "the stored record is marked as needing a login").removeprefix(
+            prefix
+        )
+        cause = cause.split(". Log in again (`tokenward login", 1)[0].rstrip(".")
+        return cls(credential, "needs_reauth", last_error, cause=cause)
 
 
 class RefreshFailed(TokenwardError):

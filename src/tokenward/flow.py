@@ -161,7 +161,7 @@ def _adoptable(ctx: FlowContext, rec: Record | None, seen: Token | None) -> Toke
         return token
     if rec is not None and rec.state == "needs_reauth" and ctx.source.needs_record:
         # Invariant 5/6: never present a refused refresh token again; wait for a re-seed.
-        raise ReauthorizationRequired(ctx.key, "needs_reauth", rec.last_error)
+        raise ReauthorizationRequired.stored(ctx.key, rec.last_error)
     return None
 
 
