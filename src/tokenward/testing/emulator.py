@@ -253,6 +253,11 @@ class Hold:
         self.remaining = times
         #: Set when a request reaches the hold (it stays set).
         self.arrived = threading.Event()
+        #: The User-Agent of each request that reached the hold, in order (who to act on).
+        self.agents: list[str | None] = []
+        #: Set when a client held at ``received`` went away (e.g. its process was killed):
+        #: on release its request is abandoned, never processed, as the ``timeout`` fault does.
+        self.client_gone = threading.Event()
         self._released = threading.Event()
 
     def wait(self, timeout: float = 10.0) -> None:
@@ -341,6 +346,7 @@ class Emulator:
         self._counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self._paths: dict[str, int] = {}
         self._refresh_log: list[dict[str, Any]] = []
+        self._grant_log: list[dict[str, Any]] = []
         self._holds: dict[tuple[str, str], deque[Hold]] = {}
         if settings:
             self.configure(**settings)
@@ -406,12 +412,24 @@ class Emulator:
         with self._lock:
             return [dict(entry) for entry in self._refresh_log]
 
+    @property
+    def grant_log(self) -> list[dict[str, Any]]:
+        """Every refresh_token grant answered, oldest first, refused ones too: who sent it (its
+        User-Agent, ``agent``), the token presented and any new one (fingerprints), and the
+        ``outcome``: ``rotated`` (accepted), ``reused`` (already rotated), ``revoked``,
+        ``expired``, ``unknown`` or ``grace_replay``. Lets a test tell which caller spent which
+        refresh token without instrumenting the caller."""
+        with self._lock:
+            return [dict(entry) for entry in self._grant_log]
+
     def reset_counters(self) -> None:
-        """Zero the counters, the per-path counts and the refresh log (state is kept)."""
+        """Zero the counters, the per-path counts and the refresh and grant logs (state is
+        kept)."""
         with self._lock:
             self._counters = dict.fromkeys(COUNTER_NAMES, 0)
             self._paths.clear()
             self._refresh_log.clear()
+            self._grant_log.clear()
 
     def count(self, name: str, amount: int = 1) -> None:
         """Bump a counter (also used by the HTTP layer)."""
@@ -748,8 +766,11 @@ class Emulator:
 
     # ----------------------------------------------------------------- endpoint logic
 
-    def token_endpoint(self, params: Mapping[str, str], authorization: str | None) -> _Reply:
-        """POST /oauth/token, already parsed: dispatch on grant_type."""
+    def token_endpoint(
+        self, params: Mapping[str, str], authorization: str | None, agent: str | None = None
+    ) -> _Reply:
+        """POST /oauth/token, already parsed: dispatch on grant_type (``agent``: the request's
+        User-Agent, kept in :attr:`grant_log`)."""
         with self._lock:
             grant_type = params.get("grant_type")
             if not grant_type:
@@ -759,7 +780,7 @@ class Emulator:
                 return failure
             assert client is not None
             if grant_type == "refresh_token":
-                return self._grant_refresh(client, params)
+                return self._grant_refresh(client, params, agent)
             if grant_type == "client_credentials":
                 return self._grant_client_credentials(client, params)
             if grant_type == "authorization_code":
@@ -768,25 +789,54 @@ class Emulator:
                 return self._grant_device(client, params)
             return _oauth_error("unsupported_grant_type", "grant_type is not supported")
 
-    def _grant_refresh(self, client: _Client, params: Mapping[str, str]) -> _Reply:
+    def _log_grant(
+        self, agent: str | None, presented: str, outcome: str, family: str | None, new: str | None
+    ) -> None:
+        entry = {"time": time.time(), "clock": self.now(), "agent": agent, "outcome": outcome}
+        entry |= {"presented": fingerprint(presented), "family": family}
+        entry["new"] = None if new is None else fingerprint(new)
+        self._grant_log.append(entry)
+
+    def _refuse_refresh(
+        self, agent: str | None, presented: str, record: _RefreshToken | None
+    ) -> _Reply:
+        """invalid_grant for `presented`, logged with the reason."""
+        if record is None:
+            outcome = "unknown"
+        elif record.rotated_at is not None and not record.revoked:
+            outcome = "reused"
+        elif record.revoked or self._families[record.family].revoked:
+            outcome = "revoked"
+        else:
+            outcome = "expired"
+        family = None if record is None else record.family
+        self._log_grant(agent, presented, outcome, family, None)
+        return self._invalid_grant()
+
+    def _grant_refresh(
+        self, client: _Client, params: Mapping[str, str], agent: str | None = None
+    ) -> _Reply:
         presented = params.get("refresh_token")
         if not presented:
             return _invalid_request("refresh_token")
         record = self._refresh.get(presented)
         if record is None or record.client_id != client.client_id:
-            return self._invalid_grant()
+            return self._refuse_refresh(agent, presented, None)
         family = self._families[record.family]
         if family.revoked or record.revoked or self._refresh_expired(record):
-            return self._invalid_grant()
+            return self._refuse_refresh(agent, presented, record)
         now = self.now()
         if record.rotated_at is not None:
             self._counters["refresh_reuse"] += 1
             if record.replay is not None and now - record.rotated_at <= self.reuse_grace:
                 self._counters["refresh_grace_replays"] += 1
-                return _Reply(200, dict(record.replay))
+                replay = dict(record.replay)
+                self._log_grant(agent, presented, "grace_replay", record.family, None)
+                return _Reply(200, replay)
+            refused = self._refuse_refresh(agent, presented, record)
             if self.revoke_family_on_reuse:
                 self._revoke_family(record.family)
-            return self._invalid_grant()
+            return refused
         scope = record.scope
         requested = params.get("scope")
         if requested:
@@ -807,6 +857,7 @@ class Emulator:
             record.rotated_at = now
             record.replay = dict(body)
         self._counters["refreshes"] += 1
+        self._log_grant(agent, presented, "rotated", record.family, new_refresh)
         self._refresh_log.append(
             {
                 "time": time.time(),
@@ -1128,14 +1179,22 @@ class _Handlers:
                 return
             await asyncio.sleep(min(remaining, 0.05))
 
-    async def held(self, endpoint: str, stage: str) -> None:
-        """Wait at a hold the test placed on this endpoint and stage, if any."""
+    async def held(self, request: Request, endpoint: str, stage: str) -> bool:
+        """Wait at a hold the test placed on this endpoint and stage, if any. False: the client
+        went away while held before processing (the provider never got to its request)."""
         hold = self.emu.take_hold(endpoint, stage)
         if hold is None:
-            return
+            return True
+        hold.agents.append(request.headers.get("user-agent"))
+        watch = stage == "received"
+        if watch:
+            await request.body()  # cache it: is_disconnected() below must not eat the body
         hold.arrived.set()
         while not hold.released and not self.closing.is_set():
+            if watch and not hold.client_gone.is_set() and await request.is_disconnected():
+                hold.client_gone.set()
             await asyncio.sleep(0.002)
+        return not (watch and hold.client_gone.is_set())
 
     def fault_response(self, fault: _Fault, endpoint: str) -> Response | None:
         """Answer that replaces the real one, or None for delay-type faults."""
@@ -1186,7 +1245,9 @@ class _Handlers:
         no_store: bool = False,
     ) -> Response:
         """Common shape of a faultable endpoint: latency, fault, work, maybe a lost answer."""
-        await self.held(endpoint, "received")
+        if not await self.held(request, endpoint, "received"):
+            self.emu.count("abandoned_requests")
+            return Response(b"", 504)
         if latency > 0:
             await self.sleep(latency)
         fault = self.emu.take_fault(endpoint)
@@ -1203,7 +1264,7 @@ class _Handlers:
                 self.emu.count("abandoned_requests")
                 return Response(b"", 504)
         reply: _Reply = await work()
-        await self.held(endpoint, "answered")
+        await self.held(request, endpoint, "answered")
         if endpoint == "token" and self.emu.answer_latency > 0:
             # The token's lifetime already runs while its answer travels back.
             await self.sleep(self.emu.answer_latency)
@@ -1224,7 +1285,10 @@ class _Handlers:
             params, failure = await _read_form(request)
             if failure is not None:
                 return failure
-            return self.emu.token_endpoint(params, request.headers.get("authorization"))
+            headers = request.headers
+            return self.emu.token_endpoint(
+                params, headers.get("authorization"), headers.get("user-agent")
+            )
 
         return await self.run_with_faults(request, "token", self.emu.latency, work, no_store=True)
 
@@ -1365,6 +1429,8 @@ class _Handlers:
                 return JSONResponse(emu.counters)
             if action == "refresh-log":
                 return JSONResponse(emu.refresh_log)
+            if action == "grant-log":
+                return JSONResponse(emu.grant_log)
             if action == "config":
                 return JSONResponse(emu.settings())
             if action == "sessions":
