@@ -209,3 +209,38 @@ def test_an_api_that_refuses_every_token_costs_a_bounded_number_of_calls(
     # Per request: 1 + MAX_REPLAYS sends and at most MAX_REPLAYS refreshes; never a loop.
     assert counters["api_calls"] == 3 * (1 + MAX_REPLAYS)
     assert counters["refreshes"] <= 1 + 3 * MAX_REPLAYS
+
+
+def test_broker_proxy_replays_again_after_an_admin_revocation(
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tokenward_emulator: EmulatorServer,
+    emulator: Emulator,
+) -> None:
+    from broker_support import CLIENT_SECRET_ENV, BrokerServer, write_config
+
+    from tokenward.broker import create_app
+
+    monkeypatch.setenv(CLIENT_SECRET_ENV, TEST_CLIENT_SECRET)
+    monkeypatch.setenv("TWB_API_KEY", "unused")
+    path, keys = write_config(tmp_path, tokenward_emulator.url)
+    broker = BrokerServer(create_app(path)).start()
+    try:
+        manager = broker.app.state.broker.credentials["api"].manager
+        manager.seed(refresh_token=emulator.issue_refresh_token(TEST_CLIENT_ID))
+        headers = {"Authorization": f"Bearer {keys['backend']}"}
+        url = f"{broker.url}/v1/proxy/api/api/orders"
+        assert httpx2.post(url, headers=headers, json={"n": 0}).status_code == 200
+        emulator.reset_counters()
+        hold = emulator.hold("api", stage="received")
+        thread, result = in_thread(lambda: httpx2.post(url, headers=headers, json={"n": 5}))
+        revoke_after_natural_refresh(emulator, manager, hold)
+        thread.join(30)
+        answer = result[0]
+        assert answer.status_code == 200 and answer.json()["json"] == {"n": 5}
+        assert answer.json()["token_fingerprint"] == fingerprint(manager.token().access_token)
+        counters = emulator.counters
+        assert counters["api_401_revoked"] == 2 and counters["api_ok"] == 1, counters
+        assert counters["refreshes"] == 2, counters  # the natural one, then one for the replay
+    finally:
+        broker.stop()
