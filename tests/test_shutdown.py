@@ -395,3 +395,39 @@ def test_guide_shutdown_example_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "'demo' is closed" in result.stdout
+
+
+def test_close_gives_up_on_a_refresh_stuck_beyond_its_limits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The wait is bounded: a refresh stuck past its own lease wait, retry deadline and request
+    timeout is abandoned with a `manager.close_timeout` event instead of hanging the exit."""
+    from tokenward.sources import FunctionSource
+    from tokenward.stores import MemoryStore
+
+    stuck, entered = threading.Event(), threading.Event()
+
+    def fetch(current: object) -> str:
+        entered.set()
+        stuck.wait(30)
+        return "late-token"
+
+    manager = TokenManager(
+        "stuck",
+        FunctionSource(fetch),
+        MemoryStore(),
+        lease_wait=0.05,
+        retry=RetryPolicy(deadline=0.05),
+        timeout=0.05,
+    )
+    landed: list[str] = []
+    refresh = threading.Thread(target=lambda: landed.append(manager.refresh().access_token))
+    refresh.start()
+    assert entered.wait(10)
+    caplog.set_level("WARNING", logger="tokenward")
+    manager.close()  # returns although the source never answered
+    assert not stuck.is_set() and refresh.is_alive()
+    assert [r for r in caplog.records if getattr(r, "event", "") == "manager.close_timeout"]
+    stuck.set()  # a source that needs no HTTP client still lands once it answers
+    refresh.join(10)
+    assert landed == ["late-token"]

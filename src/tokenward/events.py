@@ -21,6 +21,8 @@ _LEVELS = {
     "refresh.answer_lost": logging.WARNING,
     "request.not_replayed": logging.WARNING,
     "store.conflict": logging.WARNING,
+    "manager.close_timeout": logging.WARNING,
+    "sessions.close_timeout": logging.WARNING,
 }
 
 
