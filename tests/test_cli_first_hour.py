@@ -195,3 +195,197 @@ def test_status_fits_80_columns_and_is_complete_when_wide(
 @pytest.fixture(autouse=True)
 def _no_user_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COLUMNS", raising=False)
+
+
+# -- serve -----------------------------------------------------------------------------------------
+def _serve(config: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(TOKENWARD), "serve", "--config", str(config), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _announcement(process: subprocess.Popen[str]) -> list[str]:
+    """The startup summary: the lines up to `listening on ...` and its warnings."""
+    assert process.stderr is not None
+    lines: list[str] = []
+    for line in process.stderr:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("INFO:"):
+            return lines
+    raise AssertionError(f"serve exited ({process.wait()}) after:\n" + "\n".join(lines))
+
+
+def test_serve_on_a_busy_port_exits_5_naming_it(config: Path, env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run("serve", "--config", str(config), "--port", str(port), env=env, check=False)
+    assert done.returncode == 5, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in done.stderr
+    assert "--port N" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serve_says_what_it_loaded_and_warns_without_clients(
+    config: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    process = _serve(config, env, "--port", "0")
+    try:
+        lines = _announcement(process)
+        assert lines[0] == f"tokenward serve: configuration {config}"
+        assert "  credentials: avatar, ml" in lines
+        assert f"  store: {tmp_path}/tokens.db" in lines and "  clients: none" in lines
+        url = next(line for line in lines if "listening on" in line).split()[2]
+        warning = next(line for line in lines if line.startswith("warning:"))
+        assert "every /v1 call will be answered 401" in warning
+        assert "tokenward broker add-client web --credential avatar" in warning
+        assert httpx2.get(f"{url}/v1/credentials", timeout=5).status_code == 401  # as warned
+        assert httpx2.get(f"{url}/healthz", timeout=5).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(15)
+
+    run("broker", "add-client", "web", "--credential", "ml", "--config", str(config), env=env)
+    with config.open("a") as handle:
+        handle.write("\n[broker]\nexamples = true\n")
+    process = _serve(config, env, "--port", "0")
+    try:
+        lines = _announcement(process)
+        assert "  clients: web" in lines and not any(x.startswith("warning") for x in lines)
+        page = next(line for line in lines if "example page:" in line).split()[-1]
+        assert httpx2.get(page, timeout=5).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+# -- token --timeout, progress on a terminal -------------------------------------------------------
+def _unreachable(tmp_path: Path) -> Path:
+    path = tmp_path / "unreachable.toml"
+    path.write_text(
+        f'[store]\nurl = "sqlite://{tmp_path}/u.db"\n[credentials.avatar]\npreset = "heygen"\n'
+        'api_key = "env:TW_API_KEY"\nbase_url = "http://127.0.0.1:1"\n'
+    )
+    path.chmod(0o600)
+    return path
+
+
+def _attempts(stderr: str) -> int:
+    import re
+
+    match = re.search(r"refresh failed after (\d+) attempt", stderr)
+    assert match, stderr
+    return int(match.group(1))
+
+
+def test_token_timeout_bounds_the_retries(tmp_path: Path, env: dict[str, str]) -> None:
+    path = _unreachable(tmp_path)
+    done = run("token", "avatar", "--timeout", "1", "--config", str(path), env=env, check=False)
+    assert done.returncode == 4 and done.stdout == ""
+    # Backoff waits at least 0.1 + 0.2 + 0.4 + 0.8 s: a 1-second budget allows at most 4
+    # attempts (the default 30 s allows 10). Not a terminal: the error line only.
+    assert 1 <= _attempts(done.stderr) <= 4
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
+    bad = run("token", "avatar", "--timeout", "0", "--config", str(path), env=env, check=False)
+    assert bad.returncode == 2 and "--timeout" in bad.stderr
+
+
+def test_token_shows_retries_on_a_terminal(tmp_path: Path, env: dict[str, str]) -> None:
+    import os
+    import pty
+
+    path = _unreachable(tmp_path)
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [str(TOKENWARD), "token", "avatar", "--timeout", "1", "--config", str(path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+        )
+        os.close(follower)
+        stdout, _ = process.communicate(timeout=60)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other side is closed, all was read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+    shown = b"".join(chunks).decode().replace("\r\n", "\n")
+    assert process.returncode == 4 and stdout == ""
+    attempts = _attempts(shown)
+    lines = [line for line in shown.splitlines() if line.startswith("avatar: attempt")]
+    assert len(lines) == attempts and lines[0].startswith("avatar: attempt 1 failed (ConnectError")
+    assert "retrying in" in lines[0] and lines[-1].endswith("giving up")
+
+
+# -- import-env: what it adds, readable .env warned ------------------------------------------------
+def _dotenv(tmp_path: Path, refresh: str, mode: int) -> Path:
+    from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET
+
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        f"ML_CLIENT_ID={TEST_CLIENT_ID}\nML_CLIENT_SECRET={TEST_CLIENT_SECRET}\n"
+        f"ML_REFRESH_TOKEN={refresh}\nML_ACCESS_TOKEN=APP_USR-old\n"
+    )
+    dotenv.chmod(mode)
+    config = tmp_path / "tokenward.toml"
+    config.write_text(f'[store]\nurl = "sqlite://{tmp_path}/tokens.db"\n')
+    config.chmod(0o600)
+    return dotenv
+
+
+def test_import_env_says_what_it_adds_and_the_files_match(
+    tmp_path: Path, env: dict[str, str], tokenward_emulator: Any
+) -> None:
+    from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET
+
+    emulator = tokenward_emulator.emulator
+    dotenv = _dotenv(tmp_path, emulator.issue_refresh_token(TEST_CLIENT_ID), 0o600)
+    before = {p.name for p in tmp_path.iterdir()}
+    done = run("import-env", ".env", "--base-url", tokenward_emulator.url, env=env)
+    assert done.stderr == ""  # mode 0600: no warning
+    said = done.stdout.splitlines()[1]
+    assert said.startswith("tokenward added TOKENWARD_STATE_ML to .env")
+    assert said.endswith(".gitignore: .env .env.lock .env.leases")
+    run("token", "ml", env={**env, "ML_CLIENT_SECRET": TEST_CLIENT_SECRET})  # a refresh: leases
+    created = {p.name for p in tmp_path.iterdir()} - before - {"tokens.db"}
+    assert created == {".env.lock", ".env.leases"}  # exactly what the message names
+    added = {line.split("=")[0] for line in dotenv.read_text().splitlines()}
+    assert added - {"ML_CLIENT_ID", "ML_CLIENT_SECRET", "ML_REFRESH_TOKEN", "ML_ACCESS_TOKEN"} == {
+        "TOKENWARD_STATE_ML"
+    }
+
+
+def test_a_readable_dotenv_holding_the_secret_is_warned(
+    tmp_path: Path, env: dict[str, str], tokenward_emulator: Any
+) -> None:
+    from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET
+
+    emulator = tokenward_emulator.emulator
+    dotenv = _dotenv(tmp_path, emulator.issue_refresh_token(TEST_CLIENT_ID), 0o644)
+    done = run("import-env", ".env", "--base-url", tokenward_emulator.url, env=env)
+    expected = (
+        f"warning: {dotenv} holds the secret ML_CLIENT_SECRET and tokens and is readable by "
+        f"group or others (mode 644). Run `chmod 600 {dotenv}`."
+    )
+    assert done.stderr.splitlines() == [expected]
+    used = run("token", "ml", env={**env, "ML_CLIENT_SECRET": TEST_CLIENT_SECRET})
+    assert used.stderr.splitlines() == [expected]  # at every use, like the config file's check
+    for text in (done.stdout, done.stderr, used.stderr):
+        assert TEST_CLIENT_SECRET not in text
+    dotenv.chmod(0o600)
+    assert run("status", env=env).stderr == ""

@@ -148,8 +148,14 @@ def test_python_dash_m_prints_url_and_serves_until_interrupted() -> None:
     )
     try:
         assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
+        first = proc.stdout.readline().split()
+        url = first[0]
         assert url.startswith("http://127.0.0.1:")
+        assert first[1:] == [
+            f"client_id={TEST_CLIENT_ID}",
+            f"client_secret={TEST_CLIENT_SECRET}",
+            f"api_key={TEST_API_KEY}",
+        ]
         answer = httpx2.post(
             url + "/_emulator/refresh-tokens", json={"client_id": TEST_CLIENT_ID}, timeout=5
         )

@@ -6,7 +6,7 @@ do by hand. Output contract: `token` prints the token and nothing else on stdout
 one sentence plus the fix on stderr, with a distinct exit code:
 
     0 ok, 1 other failure, 2 usage or configuration error, 3 re-authorization required,
-    4 provider unreachable
+    4 provider unreachable, 5 `serve`: address already in use
 
 No command prints a secret except `token` (which exists to do so); tokens are shown by
 fingerprint. Tracebacks only with `--debug`.
@@ -14,15 +14,18 @@ fingerprint. Tracebacks only with `--debug`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import secrets
 import signal
 import sys
 import threading
 import time
+import warnings
 import webbrowser
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, NoReturn
@@ -37,6 +40,8 @@ from .config import (
     Config,
     ConfigError,
     CredentialConfig,
+    InlineSecretWarning,
+    ReadableSecretsWarning,
     load_config,
     load_preset,
     parse_config,
@@ -63,9 +68,17 @@ from .sources.oauth2 import parse_token_response
 from .token import Token, fingerprint
 from .transport import DEFAULT_TIMEOUT, HttpRequest, send
 
-__all__ = ["EXIT_CONFIG", "EXIT_REAUTH", "EXIT_UNREACHABLE", "cli", "main"]
+__all__ = [
+    "EXIT_ADDRESS_IN_USE",
+    "EXIT_CONFIG",
+    "EXIT_REAUTH",
+    "EXIT_UNREACHABLE",
+    "cli",
+    "main",
+]
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_REAUTH, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+EXIT_ADDRESS_IN_USE = 5  # `serve`: the listen address is taken
 
 STARTER = """\
 # tokenward configuration (docs: docs/configuration.md).
@@ -93,6 +106,8 @@ STARTER = """\
 # -- error handling -------------------------------------------------------------------------------
 def _exit_code(exc: BaseException) -> tuple[int, str]:
     """Exit code and a fix hint for an exception reaching the top."""
+    if isinstance(exc, AddressInUse):
+        return EXIT_ADDRESS_IN_USE, ""
     if isinstance(exc, ConfigError | RequestRejected | MalformedTokenResponse):
         return EXIT_CONFIG, ""
     if isinstance(exc, ReauthorizationRequired | CredentialNotSeeded | AuthorizationDenied):
@@ -130,11 +145,30 @@ class _Cli(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", InlineSecretWarning)
+                warnings.simplefilter("always", ReadableSecretsWarning)
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except (TokenwardError, httpx2.TransportError, OSError) as exc:
             _fail(exc, bool(ctx.meta.get("tokenward.debug")))
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """tokenward's own warnings as one `warning: ...` line, like its errors (no source line)."""
+    if issubclass(category, InlineSecretWarning | ReadableSecretsWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -377,23 +411,94 @@ def presets() -> None:
 # -- token, refresh, status -----------------------------------------------------------------------
 @cli.command()
 @click.argument("name")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Give up after this many seconds when the provider does not answer (default: 30).",
+)
 @_config_option
-def token(name: str, config_path: Path | None) -> None:
+def token(name: str, timeout: float | None, config_path: Path | None) -> None:
     """Print a valid access token for NAME, and nothing else, on stdout.
 
     A session-scoped credential (HeyGen) gets a new token on every call: such a token must
-    never serve two sessions.
+    never serve two sessions. While the provider is retried, a terminal shows each attempt.
 
     \b
     Example:
       curl -H "Authorization: Bearer $(tokenward token ml)" https://api.mercadolibre.com/users/me
+      tokenward token ml --timeout 5      # fail fast when the provider is unreachable
     """
-    from .credential import credential
+    from .credential import Credential
 
-    with credential(name, _load(config_path)) as cred:
+    config = _load(config_path)
+    settings = config.credential_config(name)
+    manager = settings.manager(config.store_for(settings), **_deadline(timeout))
+    with Credential(settings, manager) as cred, _retry_progress():
         session_scoped = cred.config.settings.get("session_scoped", False)
         issued = cred.manager.refresh() if session_scoped else cred.token()
         click.echo(issued.access_token)
+
+
+def _deadline(timeout: float | None) -> dict[str, Any]:
+    """TokenManager options bounding a call to `timeout` seconds: retries, each request, and
+    the wait for another process's refresh."""
+    if timeout is None:
+        return {}
+    from .retry import RetryPolicy
+
+    return {
+        "retry": RetryPolicy(deadline=timeout),
+        "timeout": httpx2.Timeout(min(timeout, 10.0), connect=min(timeout, 5.0)),
+        "lease_wait": timeout,
+    }
+
+
+class _RetryProgress(logging.Handler):
+    """Prints each failed attempt at the provider (the `refresh.failed` transient events)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "event", None) != "refresh.failed":
+            return
+        fields = getattr(record, "tokenward", {})
+        if fields.get("kind") != "transient":
+            return
+        wait = fields.get("retry_in")
+        then = f"retrying in {wait:.1f}s" if wait is not None else "giving up"
+        click.echo(
+            f"{record.credential}: attempt {fields.get('attempt')} failed "  # type: ignore[attr-defined]
+            f"({fields.get('detail')}); {then}",
+            err=True,
+        )
+
+
+@contextlib.contextmanager
+def _retry_progress() -> Iterator[None]:
+    """Show retries on a terminal (stderr), where a silent 30-second wait looks like a hang;
+    pipes and scripts keep the one-line error only."""
+    from .events import logger
+
+    if not sys.stderr.isatty():
+        debug = click.get_current_context().meta.get("tokenward.debug")
+        quiet = None if debug else logging.NullHandler()  # else logging's lastResort prints
+        if quiet is not None:
+            logger.addHandler(quiet)
+        try:
+            yield
+        finally:
+            if quiet is not None:
+                logger.removeHandler(quiet)
+        return
+    handler: logging.Handler = _RetryProgress(logging.INFO)
+    logger.addHandler(handler)
+    previous = logger.level
+    if not logger.isEnabledFor(logging.WARNING):
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 @cli.command()
@@ -867,9 +972,24 @@ def import_env(
         access_token=values.get(access_token_var) or None,
         expires_in=0,
     )
+    click.echo(f"imported {file} as [credentials.{name}] in {path}")
+    _explain_dotenv_additions(file, sorted(set(_read_env(file)) - set(values)))
     click.echo(
-        f"imported {file} as [credentials.{name}] in {path}; "
-        f"export {client_secret_var} (e.g. `set -a; . {file}; set +a`) before using it"
+        f"next: export {client_secret_var} (e.g. `set -a; . {file}; set +a`), "
+        f"then tokenward token {name}"
+    )
+
+
+def _explain_dotenv_additions(file: Path, added: list[str]) -> None:
+    """Say what tokenward keeps in and beside a .env it took over, and what to .gitignore."""
+    from .stores.file import sidecar
+
+    lock, leases = (sidecar(file, suffix).name for suffix in (".lock", ".leases"))
+    click.echo(
+        f"tokenward added {', '.join(added) or 'no variable'} to {file.name} (its record of "
+        f"the tokens: version, expiry, state) and keeps {lock} and {leases} beside it "
+        f"(refresh coordination). Keep them out of version control; .gitignore: "
+        f"{file.name} {lock} {leases}"
     )
 
 
@@ -1002,7 +1122,8 @@ def refresher(
 
 
 # -- broker (tokenward.broker; `serve` needs the `broker` extra) ----------------------------------
-from .broker.cli import broker as _broker_group  # noqa: E402 - registered after the core commands
+from .broker.cli import AddressInUse  # noqa: E402 - registered after the core commands
+from .broker.cli import broker as _broker_group  # noqa: E402
 from .broker.cli import serve as _serve  # noqa: E402
 
 cli.add_command(_serve)

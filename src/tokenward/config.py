@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import stat
 import tomllib
 import warnings
@@ -52,6 +53,7 @@ __all__ = [
     "ConfigError",
     "CredentialConfig",
     "InlineSecretWarning",
+    "ReadableSecretsWarning",
     "candidate_paths",
     "find_config",
     "load_config",
@@ -82,6 +84,10 @@ class ConfigError(TokenwardError):
 
 class InlineSecretWarning(UserWarning):
     """A secret is written in the configuration file itself instead of being referenced."""
+
+
+class ReadableSecretsWarning(UserWarning):
+    """A `.env` store (tokens, often the client secret too) is readable by group or others."""
 
 
 # -- schema ---------------------------------------------------------------------------------------
@@ -469,8 +475,37 @@ class CredentialConfig:
             revocation_url=self.get("revocation_url"),
         )
 
-    def manager(self, store: Store) -> TokenManager:
-        return TokenManager(self.name, self.source(), store, expiry_rule=self.expiry_rule())
+    def manager(self, store: Store, **options: Any) -> TokenManager:
+        """The credential's TokenManager; `options` go to TokenManager (retry, timeout, ...)."""
+        return TokenManager(
+            self.name, self.source(), store, expiry_rule=self.expiry_rule(), **options
+        )
+
+
+def _check_dotenv_mode(path: Path, credential: CredentialConfig) -> None:
+    """Warn when a `.env` store is readable by group or others: it holds the refresh token, and
+    usually the client secret the configuration references (`env:NAME` exported from it). The
+    configuration file is held to the same rule (refused there, as it is ours to fix)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        text = path.read_text(encoding="utf-8", errors="replace") if mode & 0o077 else ""
+    except OSError:
+        return  # missing (created 0600 on first write) or unreadable: the store will say
+    if not mode & 0o077:
+        return
+    held = [
+        str(value)[4:]
+        for key in sorted(SECRET_KEYS)
+        if str(value := credential.settings.get(key, "")).startswith("env:")
+        and re.search(rf"^\s*(?:export\s+)?{re.escape(str(value)[4:])}\s*=", text, re.M)
+    ]
+    what = f"the secret {', '.join(held)} and tokens" if held else "tokens"
+    warnings.warn(
+        f"{path} holds {what} and is readable by group or others (mode {mode:o}). "
+        f"Run `chmod 600 {path}`.",
+        ReadableSecretsWarning,
+        stacklevel=4,
+    )
 
 
 def resolve_reference(value: str, path: Path, where: str) -> str:
@@ -579,6 +614,8 @@ class Config:
 
         url = self._anchor(url)
         try:
+            if url.startswith("dotenv://"):
+                _check_dotenv_mode(Path(url_path(url)), credential)
             if mapping and url.startswith("dotenv://"):
                 from .stores.dotenv import DotenvStore
 

@@ -8,18 +8,31 @@ one file followed by a restart. The key itself is printed once, and never stored
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 from pathlib import Path
 
 import click
 
-from ..config import CONFIG_ENV, ConfigError, find_config
-from .config import client_table, hash_key, known_client_names, load_broker, new_key
+from ..config import CONFIG_ENV, Config, ConfigError, find_config
+from .config import (
+    BrokerConfig,
+    client_table,
+    hash_key,
+    known_client_names,
+    load_broker,
+    new_key,
+)
 
-__all__ = ["broker", "serve"]
+__all__ = ["AddressInUse", "broker", "serve"]
 
 _CONFIG_HELP = f"Configuration file (default: ${CONFIG_ENV}, ./tokenward.toml, user config dir)."
+
+
+class AddressInUse(ConfigError):
+    """`serve` cannot listen: another process holds the address (its own exit code, 5)."""
 
 
 @click.command()
@@ -48,15 +61,72 @@ def serve(config_path: Path | None, host: str | None, port: int | None, log_leve
         ) from None
     _audit_to_stderr()
     config, settings = load_broker(config_path)
+    # Bound here, not by uvicorn: a busy port is then one clear error with its own exit code,
+    # and port 0 (any free port) can be announced before serving.
+    sock = _listen(host or settings.host, settings.port if port is None else port)
     app = create_app(config, settings)
-    uvicorn.run(
-        app,
-        host=host or settings.host,
-        port=settings.port if port is None else port,
-        log_level=log_level,
-        proxy_headers=False,  # a client cannot pose as another address through headers
-        server_header=False,
+    _announce(config, settings, sock)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level=log_level,
+            proxy_headers=False,  # a client cannot pose as another address through headers
+            server_header=False,
+        )
     )
+    server.run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or an error that names the address and the fix."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(
+                f"cannot listen on {host}:{port}: the port is already in use (another "
+                f"`tokenward serve`?). Stop that process, or pick another port: --port N "
+                "or [broker] port."
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}. Check [broker] host/port "
+            "(or --host/--port)."
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _announce(config: Config, settings: BrokerConfig, sock: socket.socket) -> None:
+    """What the broker loaded, on stderr before it serves; a warning when no client can call."""
+    host, port = sock.getsockname()[:2]
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    names = sorted(config.credentials)
+    stores = sorted({config.store_for(config.credentials[name]).location for name in names})
+    lines = [
+        f"tokenward serve: configuration {config.path}",
+        f"  credentials: {', '.join(names) or 'none'}",
+        f"  store: {', '.join(stores) or 'none (no credential)'}",
+        f"  clients: {', '.join(client.name for client in settings.clients) or 'none'}",
+    ]
+    if settings.examples:
+        lines.append(f"  example page: {base}/examples/browser-session/")
+    lines.append(f"  listening on {base} (Ctrl-C stops)")
+    if not settings.clients:
+        first = names[0] if names else "NAME"
+        lines.append(
+            "warning: no client is configured ([broker.clients]), so every /v1 call will be "
+            f"answered 401. Add one: tokenward broker add-client web --credential {first}"
+        )
+    if not names:
+        lines.append(
+            "warning: no credential is configured; add one: tokenward add NAME --preset PRESET"
+        )
+    click.echo("\n".join(lines), err=True)
 
 
 def _audit_to_stderr() -> None:

@@ -1,6 +1,8 @@
 """``python -m tokenward.testing``: serve the emulator until Ctrl-C (demos, multi-process tests).
 
-The first line on stdout is the base URL, so a parent process can read it and connect.
+The first line on stdout starts with the base URL (a parent process reads its first word),
+followed by the test client id, secret and API key: test values a person needs to talk to it,
+not secrets.
 """
 
 from __future__ import annotations
@@ -33,8 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     emulator.add_client(args.client_id, args.client_secret)
     emulator.add_api_key(args.api_key)
     server = EmulatorServer(emulator, host=args.host, port=args.port).start()
-    print(server.url, flush=True)
-    print(f"client_id={args.client_id} (secret and api key as configured)", file=sys.stderr)
+    print(
+        f"{server.url} client_id={args.client_id} client_secret={args.client_secret} "
+        f"api_key={args.api_key}",
+        flush=True,
+    )
+    print(
+        f"emulator at {server.url}: token endpoint {server.token_url}, API {server.api_url}; "
+        "test values, not secrets. Ctrl-C stops it.",
+        file=sys.stderr,
+    )
 
     done = threading.Event()
 
