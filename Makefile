@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest browser demo bench soak clean
+.PHONY: test lint typecheck pytest browser demo bench soak clean cli-reference
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(STAMP)
 # The issue's 10-minute soak (64 workers, 1-second tokens): 0 failures, RSS within 5 %.
 soak: $(STAMP)
 	$(BIN)/python bench/run.py --only soak --soak-duration 600
+
+# docs/cli.md's command reference, regenerated from the CLI (tests/test_cli_reference.py checks it).
+cli-reference: $(STAMP)
+	$(BIN)/python -m tokenward.cli_reference docs/cli.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

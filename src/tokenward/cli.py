@@ -345,7 +345,11 @@ def _append_credential(path: Path, name: str, settings: dict[str, Any]) -> None:
 @click.option("--issuer", help="Issuer URL for endpoint discovery (generic-oauth2).")
 @click.option("--token-url", help="Token endpoint URL.")
 @click.option("--scope", help="Scope requested at login.")
-@click.option("--grant", type=click.Choice(["refresh_token", "client_credentials", "api_key"]))
+@click.option(
+    "--grant",
+    type=click.Choice(["refresh_token", "client_credentials", "api_key"]),
+    help="How tokens are obtained (default: the preset's, else refresh_token).",
+)
 @_config_option
 def add(name: str, config_path: Path | None, **options: str | None) -> None:
     """Add a [credentials.NAME] table to the configuration.
@@ -913,11 +917,28 @@ def _read_env(path: Path) -> dict[str, str]:
 @cli.command("import-env")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", default="ml", show_default=True, help="Credential name.")
-@click.option("--preset", default="mercadolibre", show_default=True)
-@click.option("--client-id-var", default="ML_CLIENT_ID", show_default=True)
-@click.option("--client-secret-var", default="ML_CLIENT_SECRET", show_default=True)
-@click.option("--refresh-token-var", default="ML_REFRESH_TOKEN", show_default=True)
-@click.option("--access-token-var", default="ML_ACCESS_TOKEN", show_default=True)
+@click.option("--preset", default="mercadolibre", show_default=True, help="Provider preset.")
+@click.option(
+    "--client-id-var", default="ML_CLIENT_ID", show_default=True, help="Variable of the client id."
+)
+@click.option(
+    "--client-secret-var",
+    default="ML_CLIENT_SECRET",
+    show_default=True,
+    help="Variable of the client secret (referenced as env:VAR, never copied).",
+)
+@click.option(
+    "--refresh-token-var",
+    default="ML_REFRESH_TOKEN",
+    show_default=True,
+    help="Variable of the refresh token (kept up to date in the file).",
+)
+@click.option(
+    "--access-token-var",
+    default="ML_ACCESS_TOKEN",
+    show_default=True,
+    help="Variable of the access token (kept up to date in the file).",
+)
 @click.option("--base-url", default=None, help="Override the preset's base URL (a sandbox).")
 @_config_option
 def import_env(

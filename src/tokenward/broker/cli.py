@@ -41,7 +41,12 @@ class AddressInUse(ConfigError):
 )
 @click.option("--host", default=None, help="Listen address (default: [broker] host).")
 @click.option("--port", type=int, default=None, help="Listen port (default: [broker] port).")
-@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    help="uvicorn's log level: critical, error, warning, info, debug, trace.",
+)
 def serve(config_path: Path | None, host: str | None, port: int | None, log_level: str) -> None:
     """Run the broker: proxy, token vending, sessions (needs the `broker` extra).
 
