@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest browser demo bench soak clean cli-reference
+.PHONY: test lint typecheck pytest browser demo bench soak clean cli-reference docs-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,14 @@ browser:
 	    apt-get update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-pytest: $(STAMP) browser
+# The docs' shell snippets use curl and jq (tests/test_docs_snippets.py runs them).
+docs-tools:
+	@command -v curl >/dev/null 2>&1 && command -v jq >/dev/null 2>&1 || { \
+	    echo "installing curl and jq (apt-get)"; \
+	    apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq >/dev/null; }
+
+pytest: $(STAMP) browser docs-tools
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

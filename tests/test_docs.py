@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +18,23 @@ def _quickstart() -> str:
     return match.group(1)
 
 
-def test_readme_quickstart_runs(tmp_path: Path) -> None:
+def _shown_output() -> list[str]:
+    """The output the README says the quickstart prints (the text block after it)."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"## Quickstart.*?```python\n.*?```.*?```text\n(.*?)```", readme, re.S)
+    assert match, "README.md shows no output (a text block) after the quickstart"
+    return match.group(1).splitlines()
+
+
+def _pattern(line: str) -> str:
+    """A shown line as a regex: the fingerprint and the seconds left vary from run to run."""
+    text = re.escape(line)
+    text = re.sub(r"fingerprint='[0-9a-f]+'", "fingerprint='[0-9a-f]{12}'", text)
+    return re.sub(r"expires_in=\d+s", r"expires_in=\\d+s", text)
+
+
+def test_readme_quickstart_runs_and_prints_what_the_readme_shows(tmp_path: Path) -> None:
+    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-c", _quickstart()],
         cwd=tmp_path,
@@ -25,9 +42,15 @@ def test_readme_quickstart_runs(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
+    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[:5] == ["200"] * 5
-    refreshes = int(lines[5].split()[0])
-    assert 2 <= refreshes <= 4  # 5 s of 2-second tokens: obtained once, refreshed twice or so
-    assert "fingerprint=" in lines[5]
+    lines, shown = result.stdout.splitlines(), _shown_output()
+    assert len(lines) == len(shown) and lines[:5] == shown[:5] == ["200"] * 5
+    refreshes, version = int(lines[5].split()[0]), int(re.findall(r"version=(\d+)", lines[5])[0])
+    assert version == refreshes + 1  # as the README explains: the seed is version 1
+    if elapsed < 5.8:
+        # Five 1-second pauses cross two 2-second expiries: the README's numbers, exactly. (A
+        # run slowed past 6 s by a busy machine crosses a third, and may refresh once more.)
+        assert re.fullmatch(_pattern(shown[5]), lines[5]), (lines[5], shown[5])
+    else:
+        assert 3 <= refreshes <= 4
