@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -1263,7 +1263,10 @@ class _Handlers:
                 # The client gave up before the provider got to it: nothing is processed.
                 self.emu.count("abandoned_requests")
                 return Response(b"", 504)
-        reply: _Reply = await work()
+        try:
+            reply: _Reply = await work()
+        except ClientDisconnect:  # gone before its body arrived (a killed process): no answer
+            return Response(b"", 499)
         await self.held(request, endpoint, "answered")
         if endpoint == "token" and self.emu.answer_latency > 0:
             # The token's lifetime already runs while its answer travels back.
