@@ -133,6 +133,17 @@ def test_status_says_how_to_fill_an_empty_credential(config: Path, env: dict[str
     assert "next:" not in run("status", "--json", env=env).stdout
 
 
+def test_status_without_credentials_says_how_to_add_one(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    run("init", env=env)
+    done = run("status", env=env)
+    assert done.stdout == (
+        "no credential configured in tokenward.toml; next: tokenward add NAME --preset PRESET\n"
+    )
+    assert json.loads(run("status", "--json", env=env).stdout) == []
+
+
 def test_login_no_browser_says_where_it_waits(
     config: Path, env: dict[str, str], tokenward_emulator: Any
 ) -> None:

@@ -469,9 +469,9 @@ class _RetryProgress(logging.Handler):
             return
         wait = fields.get("retry_in")
         then = f"retrying in {wait:.1f}s" if wait is not None else "giving up"
+        name = getattr(record, "credential", "?")
         click.echo(
-            f"{record.credential}: attempt {fields.get('attempt')} failed "  # type: ignore[attr-defined]
-            f"({fields.get('detail')}); {then}",
+            f"{name}: attempt {fields.get('attempt')} failed ({fields.get('detail')}); {then}",
             err=True,
         )
 
@@ -613,6 +613,11 @@ def status(as_json: bool, prefix: str | None, config_path: Path | None) -> None:
         return
     from rich.console import Console
 
+    if not rows:
+        source = config.path or "the configuration"
+        where = f"stored under {prefix!r}" if prefix else f"configured in {source}"
+        click.echo(f"no credential {where}; next: tokenward add NAME --preset PRESET")
+        return
     console = Console()
     wide = console.width >= WIDE_STATUS
     console.print(_status_table(rows, wide))
