@@ -21,14 +21,21 @@ API_KEY_ENV = "TWB_API_KEY"
 ORIGIN = "https://app.example.com"
 
 
+def listening_socket() -> socket.socket:
+    """A socket bound to an ephemeral port of 127.0.0.1 (its address is known before the app
+    that will serve on it is built)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 class BrokerServer:
     """An ASGI app served by uvicorn in a thread (lifespan on), on an ephemeral port."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, sock: socket.socket | None = None) -> None:
         self.app = app
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock = sock or listening_socket()
         self.sock = sock
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(

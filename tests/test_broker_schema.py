@@ -67,6 +67,7 @@ api_key = "env:{API_KEY_ENV}"
 upstream_timeout = 5.0
 session_idle_timeout = 60.0
 reap_interval = 0.5
+auth_failure_burst = 1000000
 
 [broker.clients.fuzz]
 key_sha256 = "{hash_key(KEY)}"

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from broker_support import API_KEY_ENV, BrokerServer
+from broker_support import API_KEY_ENV, BrokerServer, listening_socket
 
 from tokenward.broker.app import create_app
 from tokenward.broker.config import hash_key, load_broker, new_key
@@ -91,7 +91,8 @@ class Env:
         self.key = key
 
 
-def _config(tmp: Path, emulator_url: str, key: str, allowed_origin: str) -> Path:
+def _config(tmp: Path, emulator_url: str, key: str, *allowed_origins: str) -> Path:
+    origins = ", ".join(f'"{origin}"' for origin in allowed_origins)
     text = f"""
 [store]
 url = "sqlite://{tmp}/tokens.db"
@@ -108,7 +109,7 @@ examples = true
 credentials = ["avatar"]
 methods = ["POST"]
 paths = ["/v1/streaming.*"]
-cors_origins = ["{allowed_origin}"]
+cors_origins = [{origins}]
 max_sessions = 3
 rate = 20
 burst = 20
@@ -147,10 +148,14 @@ def env(tmp_path_factory: pytest.TempPathFactory, allowed: StaticOrigin) -> Iter
     emulator.add_api_key(TEST_API_KEY)
     emu_server = EmulatorServer(emulator).start()
     key = new_key()
-    path = _config(tmp_path_factory.mktemp("browser"), emu_server.url, key, allowed.origin)
+    # The page the broker serves itself calls it with the broker's own Origin, which passes
+    # only when listed (an Origin equal to the Host is not trusted: DNS rebinding).
+    sock = listening_socket()
+    own = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    path = _config(tmp_path_factory.mktemp("browser"), emu_server.url, key, allowed.origin, own)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(API_KEY_ENV, TEST_API_KEY)
-        broker = BrokerServer(create_app(path)).start()
+        broker = BrokerServer(create_app(path), sock).start()
         try:
             yield Env(emulator, broker, key)
         finally:

@@ -33,7 +33,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config, CredentialConfig
@@ -44,18 +43,22 @@ from ..retry import RetryPolicy
 from ..sessions import AsyncSession, HeyGenStreaming, SessionHooks, Sessions
 from ..stores.base import Store
 from ..token import Token, fingerprint
+from . import errors
+from .accesslog import QueryStringFilter
 from .auth import BrokerError, ClientRegistry
 from .config import BrokerConfig, ClientEntry, Limits, load_broker
+from .errors import ErrorOut, credential_error, described
+from .guard import PROXY_PREFIX, Guard, client_of
 from .metrics import BrokerMetrics, EventCounter
 from .paths import UnsafePath, join_upstream, upstream_path
 from .proxy import (
     BodyTooLarge,
     limited,
+    method_override,
     read_limited,
     request_headers,
     response_headers,
     send_with_replay,
-    unavailable,
 )
 from .sessions import SessionRegistry
 
@@ -63,7 +66,7 @@ __all__ = ["create_app"]
 
 audit_logger = logging.getLogger("tokenward.audit")
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-_PROXY_PREFIX = "/v1/proxy/"
+_PROXY_PREFIX = PROXY_PREFIX
 _PROXY_ROUTE = _PROXY_PREFIX + "{credential}/{path:path}"
 #: What a proxied query must not hold: control characters, spaces, DEL, `#`, backslashes.
 _UNSAFE_QUERY = re.compile(r"[\x00-\x20\x7f#\\]")
@@ -99,11 +102,6 @@ def _audit_emitted() -> bool:
 
 
 # -- API models (the OpenAPI document) -------------------------------------------------------------
-class ErrorOut(BaseModel):
-    error: str
-    reason: str
-
-
 class TokenOut(BaseModel):
     token: str
     token_type: str
@@ -150,18 +148,19 @@ class RefreshOut(BaseModel):
     expires_at: float | None
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 429, 503)
-}
+#: What every authenticated route can answer besides its success (the guard's and the error
+#: handlers' statuses included).
+_ERRORS = described(400, 401, 403, 404, 413, 422, 429, 500, 503)
 #: Also 502: the upstream failed (opening a session, a keepalive, a minted token).
-_UPSTREAM_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 502: {"model": ErrorOut}}
+_UPSTREAM_ERRORS = described(400, 401, 403, 404, 413, 422, 429, 500, 502, 503)
 #: The proxy answers with the upstream's own status, headers and body, whatever they are; its
 #: own errors are JSON `ErrorOut`s.
 _PROXIED: dict[int | str, dict[str, Any]] = {
     "default": {
         "description": "The upstream's answer as it is (any status, headers and body), or the "
-        "broker's own error, an ErrorOut (JSON): 400 (unsafe path), 401, 403, 404, 413, 429, "
-        "502 (upstream unreachable), 503 (no token), 504 (upstream timeout).",
+        "broker's own error, an ErrorOut (JSON): 400 (unsafe path, ambiguous framing, method "
+        "override), 401, 403, 404, 413, 429, 500, 502 (upstream unreachable or failed), 503 "
+        "(no token), 504 (upstream timeout).",
         "content": {"*/*": {}},
     }
 }
@@ -202,6 +201,11 @@ class _Credential:
             base = httpx2.URL(self.base_url or "")
             self._origin = (base.scheme, base.host, base.port)
         return self._origin
+
+    @property
+    def api_key(self) -> bool:
+        """Whether the secret is an API key in the configuration (not a login's token)."""
+        return self.config.grant == "api_key"
 
     @property
     def mints(self) -> bool:
@@ -269,6 +273,7 @@ class Broker:
         #: The per-request timeout extension of proxied requests (built once).
         self.upstream_timeout = httpx2.Timeout(self.limits.upstream_timeout).as_dict()
         self._reaper: asyncio.Task[None] | None = None
+        self.access_log = QueryStringFilter()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -279,6 +284,7 @@ class Broker:
         )
 
         self.metrics.attach()
+        self.access_log.attach()
         self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
 
     async def stop(self) -> None:
@@ -292,6 +298,7 @@ class Broker:
         # Every credential drains its refresh in flight before the stores close below.
         await asyncio.gather(*(credential.aclose() for credential in self.credentials.values()))
         self.metrics.detach()
+        self.access_log.detach()
         self.config.close()
 
     async def _reap_forever(self) -> None:
@@ -320,6 +327,18 @@ class Broker:
         if found is None:
             raise BrokerError(404, "not_found", f"no credential {name!r}")
         return found
+
+    def failed(
+        self, client: str, cred: _Credential, action: str, exc: TokenwardError
+    ) -> BrokerError:
+        """The answer for a credential that could not produce a token (audited)."""
+        error = credential_error(cred.name, exc, api_key=cred.api_key)
+        self.audit(client, cred.name, action, error.status, error=error.error)
+        return error
+
+    def refused(self, status: int, error: str, path: str, source: str) -> None:
+        """Audit a request the guard refused before any route saw it."""
+        self.audit(None, None, "auth", status, path=path, error=error, source=source)
 
     def audit(
         self,
@@ -421,62 +440,16 @@ def _broker(request: Request) -> Broker:
     return broker
 
 
-def _authenticate(broker: Broker, request: Request) -> ClientEntry:
-    """Authenticate the client, check its origin, take a token from its rate bucket."""
-    # One pass over the raw headers (as `request.headers` reads them: lower-case names, the
-    # first of several counts, latin-1).
-    authorizations: list[bytes] = []
-    origin_raw: bytes | None = None
-    host_raw: bytes | None = None
-    for key, value in request.scope["headers"]:
-        if key == b"authorization":
-            authorizations.append(value)
-        elif key == b"origin":
-            if origin_raw is None:
-                origin_raw = value
-        elif key == b"host" and host_raw is None:
-            host_raw = value
-    try:
-        if len(authorizations) > 1:  # which one would count?
-            raise BrokerError(400, "bad_request", "send exactly one Authorization header")
-        client = broker.clients.authenticate(
-            authorizations[0].decode("latin-1") if authorizations else None
-        )
-        origin = None if origin_raw is None else origin_raw.decode("latin-1")
-        if origin is not None and origin not in client.policy.cors_origins:
-            host = "" if host_raw is None else host_raw.decode("latin-1")
-            own = f"{request.url.scheme}://{host}"
-            if origin != own:
-                raise BrokerError(
-                    403, "origin_forbidden", f"origin not allowed for client {client.name!r}"
-                )
-        broker.clients.throttle(client)
-    except BrokerError as exc:
-        broker.audit(None, None, "auth", exc.status, path=request.url.path, error=exc.error)
-        raise
-    return client
-
-
 async def _client(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ClientEntry:
-    """The client key as a dependency (declares the bearer scheme in the OpenAPI document)."""
-    return _authenticate(_broker(request), request)
+    """The client the guard authenticated (`broker.guard`: before any body was read); as a
+    dependency, it declares the bearer scheme in the OpenAPI document."""
+    return client_of(request.scope)
 
 
 Client = Annotated[ClientEntry, Depends(_client)]
-
-
-def _error(exc: BrokerError) -> JSONResponse:
-    return JSONResponse({"error": exc.error, "reason": exc.reason}, exc.status, exc.headers)
-
-
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
-    """Routing errors (404, 405) in the broker's error format."""
-    assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"error": code, "reason": str(exc.detail)}, exc.status_code, exc.headers)
 
 
 def create_app(
@@ -504,9 +477,18 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.broker = state
-    app.add_exception_handler(BrokerError, lambda _r, exc: _error(exc))
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    errors.install(app)
     _routes(app, state)
+    # The guard inside CORS: its refusals (401, 429, ...) carry CORS headers, so a page can
+    # read them; preflights are answered before the guard (they carry no key).
+    app.add_middleware(
+        Guard,
+        clients=state.clients,
+        limits=state.limits,
+        respond=errors.respond,
+        audit=state.refused,
+        on_auth_failure=state.metrics.auth_failure,
+    )
     app.add_middleware(_Cors, clients=state.clients)
     return app
 
@@ -595,8 +577,7 @@ def _routes(app: FastAPI, state: Broker) -> None:
         try:
             token = await cred.manager.arefresh()
         except TokenwardError as exc:
-            state.audit(client.name, name, "credential.refresh", 503, error=type(exc).__name__)
-            raise unavailable(name, exc) from None
+            raise state.failed(client.name, cred, "credential.refresh", exc) from None
         state.audit(client.name, name, "credential.refresh", 200, token)
         return RefreshOut(
             name=name,
@@ -622,8 +603,7 @@ def _routes(app: FastAPI, state: Broker) -> None:
         try:
             token = await (cred.mint(state.http) if cred.mints else cred.manager.atoken())
         except TokenwardError as exc:
-            state.audit(client.name, name, "token.vend", 503, error=type(exc).__name__)
-            raise unavailable(name, exc) from None
+            raise state.failed(client.name, cred, "token.vend", exc) from None
         state.audit(client.name, name, "token.vend", 200, token, minted=cred.mints)
         body = TokenOut(
             token=token.access_token,
@@ -650,7 +630,9 @@ def _routes(app: FastAPI, state: Broker) -> None:
         except BrokerError as exc:
             state.audit(client.name, cred.name, "session.open", exc.status, error=exc.error)
             raise
-        except (TokenwardError, httpx2.HTTPError) as exc:
+        except TokenwardError as exc:
+            raise state.failed(client.name, cred, "session.open", exc) from None
+        except httpx2.HTTPError as exc:
             state.audit(client.name, cred.name, "session.open", 502, error=type(exc).__name__)
             raise BrokerError(
                 502,
@@ -707,9 +689,9 @@ def _routes(app: FastAPI, state: Broker) -> None:
 
     async def proxy(credential: str, path: str, request: Request) -> Response:
         """Forward to the credential's base URL with a fresh token; one replay on expiry."""
-        # The client key is checked here rather than by `Depends(_client)` (the hot path: no
+        # The guard checked the client key; no `Depends(_client)` here (the hot path: no
         # dependency resolution); `openapi_extra` declares the same bearer scheme.
-        client = _authenticate(state, request)
+        client = client_of(request.scope)
         started = time.monotonic()
         try:
             cred = state.credential(client, credential)
@@ -774,6 +756,14 @@ def _target(request: Request, cred: _Credential) -> tuple[httpx2.URL, str]:
     query = request.scope.get("query_string", b"").decode("latin-1")
     if _UNSAFE_QUERY.search(query):
         raise BrokerError(400, "unsafe_path", "control characters in the query")
+    override = method_override(query)
+    if override:
+        raise BrokerError(
+            400,
+            "method_override",
+            f"the query parameter {override!r} would override the method upstream; send the "
+            "method itself",
+        )
     url = httpx2.URL(join_upstream(base_url, path) + (f"?{query}" if query else ""))
     if (url.scheme, url.host, url.port) != cred.origin:
         raise BrokerError(400, "unsafe_path", "the path would leave the credential's host")
@@ -785,13 +775,10 @@ async def _forward(
 ) -> Response:
     limits = state.limits
     assert state.http is not None
+    # The guard checked the framing (one valid Content-Length, or chunked, never both) and
+    # refused a Content-Length above max_body_bytes.
     length_header = request.headers.get("content-length")
-    try:
-        length = int(length_header) if length_header is not None else None
-    except ValueError:
-        raise BrokerError(400, "bad_request", "invalid Content-Length") from None
-    if length is not None and length > limits.max_body_bytes:
-        raise BrokerError(413, "body_too_large", f"the body exceeds {limits.max_body_bytes} bytes")
+    length = int(length_header) if length_header is not None else None
     has_body = length is not None or "transfer-encoding" in request.headers
     streamed = has_body and (length is None or length > limits.replay_buffer_bytes)
     content: Any
@@ -805,10 +792,15 @@ async def _forward(
         # A plain Request, not `client.build_request`: no default headers of the broker's
         # (Accept-Encoding, User-Agent, cookies), so an encoded body streamed back raw is one
         # the client asked for, and no cookie jar links one client's calls to another's.
+        # The client's framing headers are never forwarded: httpx2 frames what it sends
+        # (Content-Length of buffered bytes, chunked for a stream of unknown length).
+        headers = request_headers(request.headers.items())
+        if streamed and length is not None:
+            headers.append(("Content-Length", str(length)))
         upstream = httpx2.Request(
             request.method,
             url,
-            headers=request_headers(request.headers.items()),
+            headers=headers,
             content=content,
             extensions={"timeout": dict(state.upstream_timeout)},
         )
@@ -834,7 +826,14 @@ async def _forward(
             502, "upstream_unreachable", f"{cred.name}: upstream error ({type(exc).__name__})"
         ) from None
     except TokenwardError as exc:
-        raise unavailable(cred.name, exc) from None
+        raise credential_error(cred.name, exc, api_key=cred.api_key) from None
+    except Exception as exc:  # anything else: a clean 502 naming it, never a 500 traceback
+        audit_logger.warning("proxy %s: %s upstream", cred.name, type(exc).__name__)
+        raise BrokerError(
+            502,
+            "upstream_failed",
+            f"{cred.name}: the upstream request failed ({type(exc).__name__})",
+        ) from None
     answer = result.response
     state.audit(
         client,

@@ -45,12 +45,26 @@ class TokenBucket:
         self._stamp = time.monotonic()
         self._lock = threading.Lock()
 
+    def _fill(self, now: float) -> None:
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def wait(self) -> float:
+        """The seconds until `take` would succeed (0.0: now), without taking anything."""
+        with self._lock:
+            self._fill(time.monotonic())
+            return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+
+    def full(self) -> bool:
+        """Whether the bucket has refilled completely (nothing taken is remembered)."""
+        with self._lock:
+            self._fill(time.monotonic())
+            return self._tokens >= self.burst
+
     def take(self) -> float:
         """0.0 when a request may go now, else the seconds until one may."""
         with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
+            self._fill(time.monotonic())
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
                 return 0.0

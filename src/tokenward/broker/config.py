@@ -191,6 +191,15 @@ class Limits:
     session_idle_timeout: float = 120.0
     #: How often the idle-session reaper looks.
     reap_interval: float = 5.0
+    #: Largest request body of every route but the proxy (413 beyond, before it is read).
+    max_request_bytes: int = 16 * 1024
+    #: Failed authentications one source address may make at once (then 429) ...
+    auth_failure_burst: int = 10
+    #: ... and per second after that.
+    auth_failure_rate: float = 1.0
+    #: The same across all source addresses (see `broker.lockout`).
+    auth_failure_global_burst: int = 100
+    auth_failure_global_rate: float = 20.0
 
 
 _LIMIT_KINDS: dict[str, type] = {f.name: type(getattr(Limits(), f.name)) for f in fields(Limits)}

@@ -114,6 +114,13 @@ class BrokerMetrics:
             ["action", "status"],
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "tokenward_auth_failures",
+            "Requests refused by authentication: missing or invalid key, or throttled after "
+            "too many failures.",
+            ["reason"],
+            registry=self.registry,
+        )
         #: Label children by label values, looked up once and reused (`labels()` per request
         #: costs a lock and a tuple check); the keys are configured names and status codes.
         self._requests: dict[tuple[str, int], Counter] = {}
@@ -129,6 +136,10 @@ class BrokerMetrics:
         if child is None:
             child = self._requests[(action, status)] = self.requests.labels(action, str(status))
         return child
+
+    def auth_failure(self, reason: str) -> None:
+        """Count a refused authentication (`missing`, `invalid`, `throttled`)."""
+        self.auth_failures.labels(reason).inc()
 
     def proxy_histogram(self, credential: str, status: int) -> Histogram:
         """The `tokenward_proxy_seconds` child for (credential, status)."""

@@ -11,12 +11,14 @@ path does not exist, and a repaired path would hide an attack.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_to_bytes
 
 __all__ = ["UnsafePath", "join_upstream", "upstream_path"]
 
 # Percent-escapes that decode to a dot, a slash, a backslash, NUL, CR, LF or any other
 # control character (and `%25`, which would turn the next decoding into one of those).
-_BAD_ESCAPE = re.compile(r"%(2e|2f|5c|25|0[0-9a-f]|1[0-9a-f]|7f)", re.IGNORECASE)
+# `%3b` too: `;` starts a path parameter that Tomcat and Spring strip (`..;` is `..` there).
+_BAD_ESCAPE = re.compile(r"%(2e|2f|5c|25|3b|0[0-9a-f]|1[0-9a-f]|7f)", re.IGNORECASE)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 #: Control characters and spaces (code points below 0x21, and DEL).
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
@@ -43,9 +45,16 @@ def upstream_path(raw: str) -> str:
         raise UnsafePath("empty path segment (// could name another host)")
     if _SCHEME.match(raw):
         raise UnsafePath("absolute URL in the path")
-    segments = raw.split("/")
+    try:  # strict UTF-8: overlong forms (%c0%ae is a dot to lax decoders) are invalid
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnsafePath(
+            "percent-escapes that are not valid UTF-8 (overlong forms such as %c0%ae hide dots)"
+        ) from None
+    # A segment's path parameters (`..;x`) are stripped by some servers: judge what is left.
+    segments = {segment.partition(";")[0] for segment in raw.split("/")}
     if "." in segments or ".." in segments:
-        raise UnsafePath("dot segment in the path")
+        raise UnsafePath("dot segment in the path (`..` or `..;`)")
     return "/" + raw
 
 

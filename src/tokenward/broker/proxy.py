@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
+from urllib.parse import unquote_plus
 
 import httpx2
 
@@ -19,9 +20,15 @@ from ..integrations._replay import INVALIDATE, READ, SEND, TOKEN, NotReplayable,
 from ..manager import TokenManager
 from ..rules import ExpiryRule
 from ..token import Token
-from .auth import BrokerError
 
-__all__ = ["BodyTooLarge", "ProxyResult", "request_headers", "response_headers", "send_with_replay"]
+__all__ = [
+    "BodyTooLarge",
+    "ProxyResult",
+    "method_override",
+    "request_headers",
+    "response_headers",
+    "send_with_replay",
+]
 
 #: RFC 9110 section 7.6.1 hop-by-hop headers, plus what the broker must never pass on.
 HOP_BY_HOP = frozenset(
@@ -37,8 +44,20 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-#: Request headers that belong to the client's relation with the broker, not the upstream's.
-_CLIENT_ONLY = frozenset({"authorization", "cookie", "host", "origin", "referer"})
+#: Request headers that belong to the client's relation with the broker, not the upstream's:
+#: its credentials and cookies, Host, its framing (httpx2 frames what it sends), what it claims
+#: about addresses on the way (a client could pose as the upstream's trusted proxy), and
+#: method or URL overrides some frameworks honour (they would bypass the client's policy).
+_CLIENT_ONLY = frozenset(
+    {"authorization", "cookie", "host", "origin", "referer", "content-length"}
+    | {"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
+    | {"x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server", "x-real-ip"}
+    | {"x-client-ip", "true-client-ip", "cf-connecting-ip", "x-cluster-client-ip"}
+    | {"x-http-method-override", "x-method-override", "x-http-method"}
+    | {"x-original-url", "x-rewrite-url", "x-original-method"}
+)
+#: Query parameters that some frameworks read as the request's method.
+_METHOD_PARAMS = frozenset({"_method", "x-http-method-override", "_httpmethod"})
 #: Response headers the broker sets itself (Date, Server, CORS) or must not pass on to a
 #: client (the upstream's cookies belong to the broker's relation with the upstream).
 _UPSTREAM_ONLY = frozenset({"set-cookie", "set-cookie2", "date", "server"}) | {
@@ -86,6 +105,15 @@ def response_headers(headers: Iterable[tuple[str, str]], *, decoded: bool) -> li
     if named:
         drop = drop | named
     return [(k, v) for k, v in items if k.lower() not in drop]
+
+
+def method_override(query: str) -> str | None:
+    """The name of a method-override parameter in `query` (raw, percent-encoded), if any."""
+    for part in query.split("&"):
+        name = unquote_plus(part.partition("=")[0]).strip().lower()
+        if name in _METHOD_PARAMS:
+            return name
+    return None
 
 
 async def limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
@@ -176,9 +204,3 @@ async def send_with_replay(
             await earlier.aclose()
         raise
     return ProxyResult(response, token, id(response) in read)
-
-
-def unavailable(name: str, exc: Exception) -> BrokerError:
-    """A credential that cannot produce a token right now (tokenward errors never hold
-    secrets, so their message is safe to show)."""
-    return BrokerError(503, "credential_unavailable", f"{name}: {type(exc).__name__}: {exc}")
