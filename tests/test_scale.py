@@ -598,6 +598,11 @@ def test_sqlite_version_1_file_is_upgraded(tmp_path: Path) -> None:
     now = time.time()
     assert store.compare_and_set(Record("k", 1, expires_at=now, obtained_at=now - 10), 0)
     assert store.claim_due(now, 5, "w", 10) == ["k"]
+    # Version 3: lease holders and in-flight records.
+    assert store.acquire_lease("k", "w", 30)
+    assert store.lease_holder("k") is not None
+    store.mark_in_flight("k", "w", "fp", 30)
+    assert store.in_flight("k") is not None
     store.close()
 
 

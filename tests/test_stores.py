@@ -393,6 +393,165 @@ def test_lease_excludes_other_processes(kind: str, tmp_path: Path) -> None:
     store.close()
 
 
+# --- liveness and in-flight records (the stall and process-death protocol) --------------------
+
+
+def _encrypted(directory: Path) -> Store:
+    from tokenward.stores.encrypted import EncryptedStore, Keyring
+
+    return EncryptedStore(SQLiteStore(directory / "sealed.db"), Keyring([bytes(range(32))]))
+
+
+#: Every store, plus the encrypted wrapper (which must hand these operations to its inner store).
+LIVENESS_KINDS: dict[str, Callable[[Path], Store]] = {**STORE_KINDS, "encrypted": _encrypted}
+
+
+@pytest.fixture(params=list(LIVENESS_KINDS))
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    instance = LIVENESS_KINDS[request.param](tmp_path)
+    yield instance
+    instance.close()
+
+
+def test_lease_holder_and_take_over(any_store: Store) -> None:
+    store = any_store
+    assert store.lease_holder("k") is None
+    assert not store.take_over_lease("k", "a", "b", 30)  # nobody holds it: acquire instead
+    assert store.acquire_lease("k", "a", 30)
+    claim = store.lease_holder("k")
+    assert claim is not None and claim.owner == "a" and claim.fingerprint is None
+    assert 25 < claim.expires_in <= 30
+    assert store.holder_alive(claim.holder) is True  # recorded by this very process
+    assert not store.take_over_lease("k", "x", "b", 30)  # x does not hold it
+    assert store.lease_holder("k").owner == "a"  # type: ignore[union-attr]
+    assert store.take_over_lease("k", "a", "b", 10)
+    claim = store.lease_holder("k")
+    assert claim is not None and claim.owner == "b" and claim.expires_in <= 10
+    assert not store.renew_lease("k", "a", 30)  # the dead owner's late renewal loses
+    assert not store.release_lease("k", "a")
+    assert not store.acquire_lease("k", "a", 30)
+    assert store.release_lease("k", "b")
+    assert store.lease_holder("k") is None
+
+
+async def test_lease_holder_and_in_flight_async(any_store: Store) -> None:
+    store = any_store
+    assert await store.aacquire_lease("k", "a", 30)
+    claim = await store.alease_holder("k")
+    assert claim is not None and claim.owner == "a"
+    assert await store.aholder_alive(claim.holder) is True
+    assert await store.atake_over_lease("k", "a", "b", 30)
+    await store.amark_in_flight("k", "b", "fp-1", 20)
+    flight = await store.ain_flight("k")
+    assert flight is not None and (flight.owner, flight.fingerprint) == ("b", "fp-1")
+    assert await store.aclear_in_flight("k", "b")
+    assert await store.ain_flight("k") is None
+
+
+def test_in_flight_records(any_store: Store) -> None:
+    store = any_store
+    assert store.in_flight("k") is None
+    store.mark_in_flight("k", "a", "fp-1", 20)
+    flight = store.in_flight("k")
+    assert flight is not None and (flight.owner, flight.fingerprint) == ("a", "fp-1")
+    assert 15 < flight.expires_in <= 20
+    assert store.holder_alive(flight.holder) is True
+    assert store.in_flight("other") is None  # per key
+    store.mark_in_flight("k", "b", "fp-2", 20)  # a newer request replaces it
+    flight = store.in_flight("k")
+    assert flight is not None and (flight.owner, flight.fingerprint) == ("b", "fp-2")
+    assert not store.clear_in_flight("k", "a")  # only its owner clears it
+    assert store.clear_in_flight("k", "b")
+    assert store.in_flight("k") is None
+    assert not store.clear_in_flight("k", "b")
+    # The record is gone once its deadline passes, and with the credential.
+    store.mark_in_flight("k", "a", "fp-3", 0.05)
+    time.sleep(0.1)
+    assert store.in_flight("k") is None
+    store.mark_in_flight("k", "a", "fp-4", 30)
+    assert store.compare_and_set(Record("k", 1), 0)
+    assert store.acquire_lease("k", "a", 30)
+    assert store.delete("k")
+    assert store.in_flight("k") is None and store.lease_holder("k") is None
+
+
+def test_holder_identity_pid_reuse_and_other_hosts(any_store: Store) -> None:
+    """The process signal: a pid alone is not the process (a reused pid started at another
+    time is not the holder), and another boot or pid namespace proves nothing."""
+    from tokenward.liveness import process_identity
+
+    me = process_identity()
+    if me is None:
+        pytest.skip("no /proc: the process signal is Linux-only")
+    boot, namespace, pid, start = me.split("/")
+    assert any_store.holder_alive(f"p={me}") is True
+    assert any_store.holder_alive(f"p={boot}/{namespace}/{pid}/{int(start) + 1}") is False
+    assert any_store.holder_alive(f"p=other-boot/{namespace}/{pid}/{start}") is None
+    assert any_store.holder_alive(f"p={boot}/4026531999/{pid}/{start}") is None
+    assert any_store.holder_alive("p=garbage") is None
+    assert any_store.holder_alive(None) is None
+
+
+def holder_worker(kind: str, directory: str, ready: str) -> None:
+    """Hold the lease on "k" and mark a refresh token in flight, then wait to be killed."""
+    store = LIVENESS_KINDS[kind](Path(directory))
+    assert store.acquire_lease("k", "doomed", 60)
+    store.mark_in_flight("k", "doomed", "fp-doomed", 60)
+    Path(ready).write_text("ready")
+    time.sleep(120)
+
+
+def _without_process_part(holder: str | None) -> str | None:
+    """The holder as a process on another host sees it: only the store's session signal."""
+    parts = [part for part in (holder or "").split() if not part.startswith("p=")]
+    return " ".join(parts) or None
+
+
+@pytest.mark.parametrize("kind", [*SHARED_KINDS, "encrypted"])
+def test_killed_holder_is_provably_dead(kind: str, tmp_path: Path) -> None:
+    """SIGKILL the process that holds a lease and has a refresh token in flight: from this host
+    it is provably dead at once (pid gone); from another host too where the store has a session
+    signal (PostgreSQL advisory lock, Redis client id), otherwise unknown (never "alive")."""
+    store = LIVENESS_KINDS[kind](tmp_path)
+    ready = tmp_path / "holder-ready"
+    context = multiprocessing.get_context("spawn")
+    holder = context.Process(target=holder_worker, args=(kind, str(tmp_path), str(ready)))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert holder.is_alive() and time.monotonic() < deadline, "holder never got ready"
+            time.sleep(0.01)
+        lease, flight = store.lease_holder("k"), store.in_flight("k")
+        assert lease is not None and lease.owner == "doomed"
+        assert flight is not None and flight.fingerprint == "fp-doomed"
+        assert store.holder_alive(lease.holder) is True
+        assert store.holder_alive(flight.holder) is True
+        remote = _without_process_part(lease.holder)
+        session = kind in ("redis", "postgres")
+        assert store.holder_alive(remote) is (True if session else None)
+        os.kill(holder.pid, 9)
+        # Wait for its death without reaping it: the zombie left behind is dead too.
+        os.waitid(os.P_PID, holder.pid, os.WEXITED | os.WNOWAIT)
+        assert store.holder_alive(lease.holder) is False
+        assert store.holder_alive(flight.holder) is False
+        if session:  # the server notices the closed connection within moments
+            deadline = time.monotonic() + 10
+            while store.holder_alive(remote) is not False:
+                assert time.monotonic() < deadline, "the server never noticed the dead client"
+                time.sleep(0.01)
+        else:
+            assert store.holder_alive(remote) is None
+        # Taking over the dead holder's lease: only from that holder.
+        assert not store.acquire_lease("k", "survivor", 30)
+        assert store.take_over_lease("k", "doomed", "survivor", 30)
+        assert store.lease_holder("k").owner == "survivor"  # type: ignore[union-attr]
+    finally:
+        holder.kill()
+        holder.join()
+        store.close()
+
+
 # --- corruption -----------------------------------------------------------------------------
 
 

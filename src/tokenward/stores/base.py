@@ -20,9 +20,19 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from ..liveness import holder_parts, join_holder, process_alive
 from ..token import Token, fingerprint
 
-__all__ = ["DUE_FRACTION", "DUE_MAX", "IDLE_OFFER_AFTER", "Record", "State", "Store", "due_time"]
+__all__ = [
+    "DUE_FRACTION",
+    "DUE_MAX",
+    "IDLE_OFFER_AFTER",
+    "Claim",
+    "Record",
+    "State",
+    "Store",
+    "due_time",
+]
 
 State = Literal["ok", "needs_reauth"]
 
@@ -94,6 +104,21 @@ class Record:
             f"token={fingerprint(self.access_token)!r}, "
             f"refresh_token={fingerprint(self.refresh_token)!r})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who holds a lease, or has a refresh token in flight, as the store sees it now.
+
+    `holder` is the identity the holding process recorded (`tokenward.liveness`), from which
+    `Store.holder_alive` tells whether it still runs; `fingerprint` (in-flight records only)
+    names the refresh token that was sent, never the token itself."""
+
+    owner: str
+    #: Seconds until the lease (or the in-flight request's deadline) runs out, store clock.
+    expires_in: float
+    holder: str | None = None
+    fingerprint: str | None = None
 
 
 #: The due-queue's default refresh-due time: `DUE_FRACTION` of the token's lifetime before its
@@ -187,6 +212,57 @@ class Store(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Release connections and file handles."""
 
+    # Liveness and in-flight records: optional. The defaults know nothing, so a process waiting
+    # for this store's lease waits out its TTL and nothing guards a stalled leader's refresh
+    # token beyond the lease (the behaviour before these operations existed). Every store of
+    # tokenward implements them; see docs/scale.md, "Process death and stalled leaders".
+    def lease_holder(self, key: str) -> Claim | None:
+        """The unexpired lease on `key` (owner, time left, holder identity), or None."""
+        return None
+
+    def take_over_lease(self, key: str, dead_owner: str, owner: str, ttl: float) -> bool:
+        """Give `owner` the lease on `key` for `ttl` seconds iff `dead_owner` still holds it
+        (the caller has proved `dead_owner`'s process dead). False when anyone else holds it,
+        or nobody: then `acquire_lease` is the way in."""
+        return False
+
+    def mark_in_flight(  # noqa: B027 - optional, nothing to record by default
+        self, key: str, owner: str, fingerprint: str, ttl: float
+    ) -> None:
+        """Record, before a refresh token is sent, that `owner` has the refresh token named by
+        `fingerprint` in flight until `ttl` seconds from now (the request's deadline)."""
+
+    def in_flight(self, key: str) -> Claim | None:
+        """The unexpired in-flight record of `key`, or None."""
+        return None
+
+    def clear_in_flight(self, key: str, owner: str) -> bool:
+        """Drop `owner`'s in-flight record of `key` (its answer is in); True when there was one."""
+        return False
+
+    def holder_alive(self, holder: str | None) -> bool | None:
+        """Does the process that recorded `holder` still run? True, False (provably dead) or
+        None (this store and host cannot tell). The process signal, when this host can read it,
+        is exact; a store's session signal (`_session_alive`) answers otherwise."""
+        parts = holder_parts(holder)
+        if "p" in parts and (verdict := process_alive(parts["p"])) is not None:
+            return verdict
+        if "s" in parts:
+            return self._session_alive(parts["s"])
+        return None
+
+    def _holder(self) -> str | None:
+        """The holder identity this process records beside its leases and in-flight records."""
+        return join_holder(self._session())
+
+    def _session(self) -> str | None:
+        """Network stores: a server-side signal that lives exactly as long as this process."""
+        return None
+
+    def _session_alive(self, session: str) -> bool | None:
+        """Network stores: whether the session signal `session` is still alive on the server."""
+        return None
+
     # Due-queue: optional. The defaults keep the queue in this object's memory and scan the
     # records, which is right for single-process stores (memory, JSON file, dotenv). Shared
     # stores (SQLite, Redis, PostgreSQL) keep it beside the records and claim atomically.
@@ -260,6 +336,24 @@ class Store(ABC):
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+    async def alease_holder(self, key: str) -> Claim | None:
+        return await asyncio.to_thread(self.lease_holder, key)
+
+    async def atake_over_lease(self, key: str, dead_owner: str, owner: str, ttl: float) -> bool:
+        return await asyncio.to_thread(self.take_over_lease, key, dead_owner, owner, ttl)
+
+    async def amark_in_flight(self, key: str, owner: str, fingerprint: str, ttl: float) -> None:
+        await asyncio.to_thread(self.mark_in_flight, key, owner, fingerprint, ttl)
+
+    async def ain_flight(self, key: str) -> Claim | None:
+        return await asyncio.to_thread(self.in_flight, key)
+
+    async def aclear_in_flight(self, key: str, owner: str) -> bool:
+        return await asyncio.to_thread(self.clear_in_flight, key, owner)
+
+    async def aholder_alive(self, holder: str | None) -> bool | None:
+        return await asyncio.to_thread(self.holder_alive, holder)
 
     async def aschedule(self, key: str, due_at: float | None) -> None:
         await asyncio.to_thread(self.schedule, key, due_at)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import StoreCorrupted, StoreError
-from .base import Record, Store
+from .base import Claim, Record, Store
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -377,6 +377,43 @@ class EncryptedStore(Store):
 
     def close(self) -> None:
         self.inner.close()
+
+    # Liveness and in-flight records are the inner store's: they hold fingerprints, no secret.
+    def lease_holder(self, key: str) -> Claim | None:
+        return self.inner.lease_holder(key)
+
+    def take_over_lease(self, key: str, dead_owner: str, owner: str, ttl: float) -> bool:
+        return self.inner.take_over_lease(key, dead_owner, owner, ttl)
+
+    def mark_in_flight(self, key: str, owner: str, fingerprint: str, ttl: float) -> None:
+        self.inner.mark_in_flight(key, owner, fingerprint, ttl)
+
+    def in_flight(self, key: str) -> Claim | None:
+        return self.inner.in_flight(key)
+
+    def clear_in_flight(self, key: str, owner: str) -> bool:
+        return self.inner.clear_in_flight(key, owner)
+
+    def holder_alive(self, holder: str | None) -> bool | None:
+        return self.inner.holder_alive(holder)
+
+    async def alease_holder(self, key: str) -> Claim | None:
+        return await self.inner.alease_holder(key)
+
+    async def atake_over_lease(self, key: str, dead_owner: str, owner: str, ttl: float) -> bool:
+        return await self.inner.atake_over_lease(key, dead_owner, owner, ttl)
+
+    async def amark_in_flight(self, key: str, owner: str, fingerprint: str, ttl: float) -> None:
+        await self.inner.amark_in_flight(key, owner, fingerprint, ttl)
+
+    async def ain_flight(self, key: str) -> Claim | None:
+        return await self.inner.ain_flight(key)
+
+    async def aclear_in_flight(self, key: str, owner: str) -> bool:
+        return await self.inner.aclear_in_flight(key, owner)
+
+    async def aholder_alive(self, holder: str | None) -> bool | None:
+        return await self.inner.aholder_alive(holder)
 
     # The due-queue is the inner store's: it is derived from clear fields (expiry, state), and
     # shared stores claim atomically on their server, which a wrapper-side queue would not.

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreCorrupted
-from .base import Record, Store, check_successor
+from .base import Claim, Record, Store, check_successor
 
 __all__ = ["JsonFileStore"]
 
@@ -189,7 +189,8 @@ class FileLock:
 
 
 class SidecarLeases:
-    """Leases kept as `{key: {"owner": ..., "expires_at": ...}}` in a JSON sidecar file.
+    """Leases kept as `{key: {"owner": ..., "expires_at": ..., "holder": ...}}` in a JSON
+    sidecar file (in-flight records use the same shape, plus a `fingerprint`, in another one).
 
     Every method must be called while holding the store's `FileLock`. Expiry uses the wall clock
     (`time.time()`) because leases are compared across processes.
@@ -198,13 +199,13 @@ class SidecarLeases:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def acquire(self, key: str, owner: str, ttl: float) -> bool:
+    def acquire(self, key: str, owner: str, ttl: float, holder: str | None = None) -> bool:
         now = time.time()
         leases = self._read(now)
         held = leases.get(key)
-        if held and held[0] != owner:
+        if held and held["owner"] != owner:
             return False
-        leases[key] = (owner, now + ttl)
+        leases[key] = _entry(owner, now + ttl, holder)
         self._write(leases)
         return True
 
@@ -212,16 +213,38 @@ class SidecarLeases:
         now = time.time()
         leases = self._read(now)
         held = leases.get(key)
-        if not held or held[0] != owner:
+        if not held or held["owner"] != owner:
             return False
-        leases[key] = (owner, now + ttl)
+        held["expires_at"] = now + ttl
         self._write(leases)
         return True
+
+    def take_over(self, key: str, dead_owner: str, entry: dict[str, Any]) -> bool:
+        """Replace the entry of `key` with `entry` iff `dead_owner` holds it."""
+        leases = self._read(time.time())
+        held = leases.get(key)
+        if not held or held["owner"] != dead_owner:
+            return False
+        leases[key] = entry
+        self._write(leases)
+        return True
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        leases = self._read(time.time())
+        leases[key] = entry
+        self._write(leases)
+
+    def get(self, key: str) -> Claim | None:
+        now = time.time()
+        held = self._read(now).get(key)
+        if held is None:
+            return None
+        return Claim(held["owner"], held["expires_at"] - now, held.get("holder"), held.get("fp"))
 
     def release(self, key: str, owner: str) -> bool:
         leases = self._read(None)
         held = leases.get(key)
-        if not held or held[0] != owner:
+        if not held or held["owner"] != owner:
             return False
         del leases[key]
         self._write(leases)
@@ -232,23 +255,32 @@ class SidecarLeases:
         if leases.pop(key, None) is not None:
             self._write(leases)
 
-    def _read(self, now: float | None) -> dict[str, tuple[str, float]]:
-        """Current leases; with `now`, expired ones are left out (so anyone may take them)."""
+    def _read(self, now: float | None) -> dict[str, dict[str, Any]]:
+        """Current entries; with `now`, expired ones are left out (so anyone may take them)."""
         raw = read_bytes(self.path)
         if not raw:
             return {}
         try:
             data = json.loads(raw)
-            leases = {k: (str(v["owner"]), float(v["expires_at"])) for k, v in data.items()}
+            leases = {k: _entry(**v) for k, v in data.items()}
         except (ValueError, TypeError, KeyError, AttributeError):
             log.warning("lease file %s is unreadable; treating it as holding no lease", self.path)
             return {}
-        return {k: v for k, v in leases.items() if now is None or v[1] > now}
+        return {k: v for k, v in leases.items() if now is None or v["expires_at"] > now}
 
-    def _write(self, leases: dict[str, tuple[str, float]]) -> None:
-        data = {k: {"owner": o, "expires_at": e} for k, (o, e) in sorted(leases.items())}
+    def _write(self, leases: dict[str, dict[str, Any]]) -> None:
+        data = {k: {n: v for n, v in e.items() if v is not None} for k, e in sorted(leases.items())}
         # No fsync: after a power loss every lease holder is dead anyway.
         atomic_write(self.path, json.dumps(data).encode(), durable=False)
+
+
+def _entry(
+    owner: str, expires_at: float, holder: str | None = None, fp: str | None = None
+) -> dict[str, Any]:
+    """One sidecar entry, type-checked (a malformed file raises TypeError/ValueError)."""
+    if not isinstance(owner, str) or not isinstance(holder, str | None):
+        raise TypeError("malformed lease entry")
+    return {"owner": owner, "expires_at": float(expires_at), "holder": holder, "fp": fp}
 
 
 def sidecar(path: Path, suffix: str) -> Path:
@@ -269,11 +301,12 @@ class SidecarFileStore(Store):
         self.location = str(path)
         self._lock = FileLock(sidecar(self.path, ".lock"))
         self._leases = SidecarLeases(sidecar(self.path, ".leases"))
+        self._in_flight = SidecarLeases(sidecar(self.path, ".inflight"))
         sweep_temp_files(self.path)
 
     def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         with self._lock.hold():
-            return self._leases.acquire(key, owner, ttl)
+            return self._leases.acquire(key, owner, ttl, self._holder())
 
     def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         with self._lock.hold():
@@ -282,6 +315,28 @@ class SidecarFileStore(Store):
     def release_lease(self, key: str, owner: str) -> bool:
         with self._lock.hold():
             return self._leases.release(key, owner)
+
+    def lease_holder(self, key: str) -> Claim | None:
+        with self._lock.hold():
+            return self._leases.get(key)
+
+    def take_over_lease(self, key: str, dead_owner: str, owner: str, ttl: float) -> bool:
+        entry = _entry(owner, time.time() + ttl, self._holder())
+        with self._lock.hold():
+            return self._leases.take_over(key, dead_owner, entry)
+
+    def mark_in_flight(self, key: str, owner: str, fingerprint: str, ttl: float) -> None:
+        entry = _entry(owner, time.time() + ttl, self._holder(), fingerprint)
+        with self._lock.hold():
+            self._in_flight.put(key, entry)
+
+    def in_flight(self, key: str) -> Claim | None:
+        with self._lock.hold():
+            return self._in_flight.get(key)
+
+    def clear_in_flight(self, key: str, owner: str) -> bool:
+        with self._lock.hold():
+            return self._in_flight.release(key, owner)
 
 
 # --- the JSON file store ---------------------------------------------------------------------
@@ -315,6 +370,7 @@ class JsonFileStore(SidecarFileStore):
         with self._lock.hold():
             records = self._read()
             self._leases.drop(key)
+            self._in_flight.drop(key)
             if records.pop(key, None) is None:
                 return False
             self._write(records)

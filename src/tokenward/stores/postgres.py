@@ -28,9 +28,13 @@ first use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
 import re
+import secrets
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +47,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from ..errors import StoreCorrupted, StoreError
-from .base import Record, Store, check_successor, due_time
+from .base import Claim, Record, Store, check_successor, due_time
 from .file import record_from_data
 from .url import redact_url
 
@@ -71,6 +75,18 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
 ]
+MIGRATIONS.append(
+    (
+        3,
+        [
+            # Liveness (who holds a lease, as another process can check) and in-flight records
+            # (a refresh token sent and not yet answered), see tokenward.liveness.
+            "ALTER TABLE {s}.leases ADD COLUMN holder text",
+            "CREATE TABLE {s}.in_flight (key text PRIMARY KEY, owner text NOT NULL, "
+            "fingerprint text NOT NULL, deadline timestamptz NOT NULL, holder text)",
+        ],
+    )
+)
 LATEST = MIGRATIONS[-1][0]
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -111,15 +127,16 @@ class _Statements:
             "FOR UPDATE SKIP LOCKED) AS due WHERE r.key = due.key RETURNING r.key"
         )
         self.delete = q(
-            "WITH lease AS (DELETE FROM {s}.leases WHERE key = %s) "
-            "DELETE FROM {s}.records WHERE key = %s"
+            "WITH lease AS (DELETE FROM {s}.leases WHERE key = %(k)s), "
+            "flight AS (DELETE FROM {s}.in_flight WHERE key = %(k)s) "
+            "DELETE FROM {s}.records WHERE key = %(k)s"
         )
         self.keys = q("SELECT key FROM {s}.records WHERE starts_with(key, %s)")
         self.acquire = q(
-            "INSERT INTO {s}.leases AS leases (key, owner, expires_at) "
-            "VALUES (%s, %s, now() + make_interval(secs => %s)) "
+            "INSERT INTO {s}.leases AS leases (key, owner, expires_at, holder) "
+            "VALUES (%s, %s, now() + make_interval(secs => %s), %s) "
             "ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner, "
-            "expires_at = EXCLUDED.expires_at "
+            "expires_at = EXCLUDED.expires_at, holder = EXCLUDED.holder "
             "WHERE leases.owner = EXCLUDED.owner OR leases.expires_at < now()"
         )
         self.renew = q(
@@ -127,6 +144,31 @@ class _Statements:
             "WHERE key = %s AND owner = %s AND expires_at > now()"
         )
         self.release = q("DELETE FROM {s}.leases WHERE key = %s AND owner = %s")
+        self.take_over = q(
+            "UPDATE {s}.leases SET owner = %s, expires_at = now() + make_interval(secs => %s), "
+            "holder = %s WHERE key = %s AND owner = %s"
+        )
+        self.holder = q(
+            "SELECT owner, extract(epoch FROM expires_at - now())::float8, holder "
+            "FROM {s}.leases WHERE key = %s AND expires_at > now()"
+        )
+        self.mark = q(
+            "INSERT INTO {s}.in_flight AS f (key, owner, fingerprint, deadline, holder) "
+            "VALUES (%s, %s, %s, now() + make_interval(secs => %s), %s) "
+            "ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner, "
+            "fingerprint = EXCLUDED.fingerprint, deadline = EXCLUDED.deadline, "
+            "holder = EXCLUDED.holder"
+        )
+        self.in_flight = q(
+            "SELECT owner, extract(epoch FROM deadline - now())::float8, holder, fingerprint "
+            "FROM {s}.in_flight WHERE key = %s AND deadline > now()"
+        )
+        self.clear = q("DELETE FROM {s}.in_flight WHERE key = %s AND owner = %s")
+        self.advisory_held = q(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid = %s::oid AND objid = %s::oid AND objsubid = 1)"
+        )
 
 
 class PostgresStore(Store):
@@ -143,6 +185,7 @@ class PostgresStore(Store):
         schema: str = "tokenward",
         timeout: float = 10.0,
         max_size: int = 10,
+        liveness: bool = True,
     ) -> None:
         if not _SCHEMA_NAME.fullmatch(schema):
             raise ValueError(
@@ -168,6 +211,12 @@ class PostgresStore(Store):
         self._max_size = max_size
         self._sql = _Statements(schema)
         self._guard = threading.Lock()
+        self._liveness = liveness
+        self._live_lock = threading.Lock()
+        self._live: psycopg.Connection[Any] | None = None
+        self._live_pid = 0
+        self._live_key: str | None = None
+        self._live_checked: tuple[int, float] = (0, 0.0)
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._async: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, asyncio.Task[psycopg_pool.AsyncConnectionPool]
@@ -187,14 +236,15 @@ class PostgresStore(Store):
 
     def delete(self, key: str) -> bool:
         with self._errors("delete"), self._connection() as conn:
-            return conn.execute(self._sql.delete, (key, key)).rowcount == 1
+            return conn.execute(self._sql.delete, {"k": key}).rowcount == 1
 
     def keys(self, prefix: str = "") -> list[str]:
         return sorted(row[0] for row in self._read("list keys", self._sql.keys, (prefix,)))
 
     def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         with self._errors("acquire lease"), self._connection() as conn:
-            return conn.execute(self._sql.acquire, (key, owner, float(ttl))).rowcount == 1
+            params = (key, owner, float(ttl), self._holder())
+            return conn.execute(self._sql.acquire, params).rowcount == 1
 
     def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         with self._errors("renew lease"), self._connection() as conn:
@@ -203,6 +253,93 @@ class PostgresStore(Store):
     def release_lease(self, key: str, owner: str) -> bool:
         with self._errors("release lease"), self._connection() as conn:
             return conn.execute(self._sql.release, (key, owner)).rowcount == 1
+
+    def lease_holder(self, key: str) -> Claim | None:
+        rows = self._read("read lease", self._sql.holder, (key,))
+        return Claim(rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+    def take_over_lease(self, key: str, dead_owner: str, owner: str, ttl: float) -> bool:
+        params = (owner, float(ttl), self._holder(), key, dead_owner)
+        with self._errors("take over lease"), self._connection() as conn:
+            return conn.execute(self._sql.take_over, params).rowcount == 1
+
+    def mark_in_flight(self, key: str, owner: str, fingerprint: str, ttl: float) -> None:
+        params = (key, owner, fingerprint, float(ttl), self._holder())
+        with self._errors("mark in flight"), self._connection() as conn:
+            conn.execute(self._sql.mark, params)
+
+    def in_flight(self, key: str) -> Claim | None:
+        rows = self._read("read in-flight record", self._sql.in_flight, (key,))
+        return Claim(rows[0][0], rows[0][1], rows[0][2], rows[0][3]) if rows else None
+
+    def clear_in_flight(self, key: str, owner: str) -> bool:
+        with self._errors("clear in flight"), self._connection() as conn:
+            return conn.execute(self._sql.clear, (key, owner)).rowcount == 1
+
+    # --- liveness -----------------------------------------------------------------------------
+
+    @property
+    def session_liveness(self) -> bool:
+        """True when this store can prove a lease holder on another host dead: it reaches the
+        server directly (not through a pooler such as PgBouncer) and `liveness` is on."""
+        return self._session() is not None
+
+    def _session(self) -> str | None:
+        """A session-level advisory lock that a dedicated connection of this process holds for
+        as long as the process runs: PostgreSQL releases it when the connection ends, and the
+        kernel ends a dead process's connections. Checked at most once a second (a reconnect
+        takes a new lock). None through a connection pooler in transaction mode (PgBouncer):
+        there a server session outlives its client and is shared, so it proves nothing."""
+        if not self._liveness:
+            return None
+        second = (os.getpid(), time.monotonic() // 1)
+        with self._live_lock:
+            if self._live_checked == second:
+                return self._live_key
+            self._live_checked = second
+            try:
+                self._live_key = self._live_session()
+            except psycopg.Error:
+                self._drop_live()
+            return self._live_key
+
+    def _live_session(self) -> str | None:
+        conn = self._live
+        if conn is not None and (conn.closed or self._live_pid != os.getpid()):
+            conn = None
+        if conn is not None:
+            conn.execute("SELECT 1")
+            return self._live_key
+        self._live_key = None
+        conn = psycopg.connect(self._url, **self._connect_options())
+        self._live, self._live_pid = conn, os.getpid()
+        row = conn.execute("SELECT current_setting('port')::int").fetchone()
+        if row is None or conn.info.port != row[0]:
+            # Something between us and the server (a pooler, a proxy): for good.
+            self._liveness = False
+            self._drop_live()
+            return None
+        lock = secrets.randbelow(2**62) + 1
+        conn.execute("SELECT pg_advisory_lock(%s)", (lock,))
+        return f"pg{lock}"
+
+    def _drop_live(self) -> None:
+        conn, self._live, self._live_key = self._live, None, None
+        if conn is not None and self._live_pid == os.getpid():
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def _session_alive(self, session: str) -> bool | None:
+        if not session.startswith("pg") or not session[2:].isdigit():
+            return None
+        lock = int(session[2:])
+        try:
+            rows = self._read(
+                "check liveness", self._sql.advisory_held, (lock >> 32, lock & 0xFFFFFFFF)
+            )
+        except StoreError:
+            return None
+        return bool(rows and rows[0][0])
 
     def schedule(self, key: str, due_at: float | None) -> None:
         with self._errors("schedule"), self._connection() as conn:
@@ -219,6 +356,8 @@ class PostgresStore(Store):
     def close(self) -> None:
         """Close the sync pool; async pools are dropped (`aclose` closes the current loop's)."""
         self._async.clear()
+        with self._live_lock:
+            self._drop_live()
         with self._guard:
             pool, self._pool = self._pool, None
         if pool is not None:
@@ -236,13 +375,15 @@ class PostgresStore(Store):
         return await self._arowcount("compare-and-set", statement, params)
 
     async def adelete(self, key: str) -> bool:
-        return await self._arowcount("delete", self._sql.delete, (key, key))
+        return await self._arowcount("delete", self._sql.delete, {"k": key})
 
     async def akeys(self, prefix: str = "") -> list[str]:
         return sorted(row[0] for row in await self._aread("list keys", self._sql.keys, (prefix,)))
 
     async def aacquire_lease(self, key: str, owner: str, ttl: float) -> bool:
-        return await self._arowcount("acquire lease", self._sql.acquire, (key, owner, float(ttl)))
+        holder = await asyncio.to_thread(self._holder)
+        params = (key, owner, float(ttl), holder)
+        return await self._arowcount("acquire lease", self._sql.acquire, params)
 
     async def arenew_lease(self, key: str, owner: str, ttl: float) -> bool:
         return await self._arowcount("renew lease", self._sql.renew, (float(ttl), key, owner))
@@ -444,7 +585,7 @@ class PostgresStore(Store):
         )
 
     async def _arowcount(
-        self, action: str, statement: sql.Composed, params: tuple[Any, ...]
+        self, action: str, statement: sql.Composed, params: tuple[Any, ...] | dict[str, Any]
     ) -> bool:
         with self._errors(action):
             pool = await self._apool()

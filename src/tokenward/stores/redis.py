@@ -29,6 +29,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
+import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,7 +44,7 @@ import redis.connection
 from redis.commands.core import AsyncScript, Script
 
 from ..errors import StoreCorrupted, StoreError
-from .base import Record, Store, check_successor, due_time
+from .base import Claim, Record, Store, check_successor, due_time
 from .file import record_from_data
 from .url import redact_url
 
@@ -81,27 +84,69 @@ end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 """
-# KEYS: lease. ARGV: owner, ttl in milliseconds.
+# KEYS: lease, holder. ARGV: owner, ttl in milliseconds, holder identity ('' when none).
 _ACQUIRE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+end
 return 1
 """
+# KEYS: lease, holder. ARGV: owner, ttl in milliseconds.
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 """
-# KEYS: lease. ARGV: owner.
+# KEYS: lease, holder. ARGV: owner.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 return 1
 """
-# KEYS: record, lease, index, due. ARGV: record key.
+# KEYS: lease, holder. ARGV: dead owner, new owner, ttl in milliseconds, holder ('' when none).
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[4] == '' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+end
+return 1
+"""
+# KEYS: lease, holder. Returns {owner, ms left, holder} or {} when there is no lease.
+_HOLDER = """
+local owner = redis.call('GET', KEYS[1])
+if not owner then return {} end
+return {owner, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2]) or ''}
+"""
+# KEYS: in-flight. ARGV: owner, fingerprint, ttl in milliseconds, holder ('' when none).
+_MARK = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fp', ARGV[2], 'holder', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+# KEYS: in-flight. Returns {owner, ms left, holder, fingerprint} or {}.
+_IN_FLIGHT = """
+local v = redis.call('HMGET', KEYS[1], 'owner', 'fp', 'holder')
+if not v[1] then return {} end
+return {v[1], redis.call('PTTL', KEYS[1]), v[3] or '', v[2]}
+"""
+# KEYS: in-flight. ARGV: owner.
+_CLEAR = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+# KEYS: record, lease, index, due, holder, in-flight. ARGV: record key.
 _DELETE = """
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[5], KEYS[6])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 return redis.call('DEL', KEYS[1])
@@ -112,6 +157,11 @@ _SCRIPTS = {
     "renew": _RENEW,
     "release": _RELEASE,
     "del": _DELETE,
+    "take_over": _TAKE_OVER,
+    "holder": _HOLDER,
+    "mark": _MARK,
+    "in_flight": _IN_FLIGHT,
+    "clear": _CLEAR,
     "claim": _CLAIM,
     "schedule": _SCHEDULE,
 }
@@ -173,6 +223,10 @@ class RedisStore(Store):
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncSide] = (
             weakref.WeakKeyDictionary()
         )
+        self._live_lock = threading.Lock()
+        self._live: redis.Redis | None = None
+        self._live_id: str | None = None
+        self._live_checked: tuple[int, float] = (0, 0.0)
 
     # --- keys ---------------------------------------------------------------------------------
 
@@ -181,6 +235,23 @@ class RedisStore(Store):
 
     def _lease_key(self, key: str) -> str:
         return f"{self.prefix}lease:{key}"
+
+    def _lease_keys(self, key: str) -> list[str]:
+        """The lease and its holder identity (set, renewed and dropped together)."""
+        return [f"{self.prefix}lease:{key}", f"{self.prefix}holder:{key}"]
+
+    def _in_flight_key(self, key: str) -> str:
+        return f"{self.prefix}inflight:{key}"
+
+    def _delete_keys(self, key: str) -> list[str]:
+        return [
+            self._record_key(key),
+            self._lease_key(key),
+            self._index,
+            self._due,
+            f"{self.prefix}holder:{key}",
+            self._in_flight_key(key),
+        ]
 
     def _range(self, prefix: str) -> tuple[bytes, bytes]:
         if not prefix:
@@ -206,7 +277,7 @@ class RedisStore(Store):
             return bool(self._scripts["cas"](keys=keys, args=args))
 
     def delete(self, key: str) -> bool:
-        keys = [self._record_key(key), self._lease_key(key), self._index, self._due]
+        keys = self._delete_keys(key)
         with self._errors("delete"):
             return bool(self._scripts["del"](keys=keys, args=[key]))
 
@@ -217,22 +288,43 @@ class RedisStore(Store):
         return sorted(_text(member) for member in members)
 
     def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        args: list[str | int] = [owner, self._ttl_ms(ttl), self._holder() or ""]
         with self._errors("acquire lease"):
-            return bool(
-                self._scripts["acquire"](
-                    keys=[self._lease_key(key)], args=[owner, self._ttl_ms(ttl)]
-                )
-            )
+            return bool(self._scripts["acquire"](keys=self._lease_keys(key), args=args))
 
     def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         with self._errors("renew lease"):
             return bool(
-                self._scripts["renew"](keys=[self._lease_key(key)], args=[owner, self._ttl_ms(ttl)])
+                self._scripts["renew"](keys=self._lease_keys(key), args=[owner, self._ttl_ms(ttl)])
             )
 
     def release_lease(self, key: str, owner: str) -> bool:
         with self._errors("release lease"):
-            return bool(self._scripts["release"](keys=[self._lease_key(key)], args=[owner]))
+            return bool(self._scripts["release"](keys=self._lease_keys(key), args=[owner]))
+
+    def lease_holder(self, key: str) -> Claim | None:
+        with self._errors("read lease"):
+            found = self._scripts["holder"](keys=self._lease_keys(key))
+        return self._claim(found)
+
+    def take_over_lease(self, key: str, dead_owner: str, owner: str, ttl: float) -> bool:
+        args: list[str | int] = [dead_owner, owner, self._ttl_ms(ttl), self._holder() or ""]
+        with self._errors("take over lease"):
+            return bool(self._scripts["take_over"](keys=self._lease_keys(key), args=args))
+
+    def mark_in_flight(self, key: str, owner: str, fingerprint: str, ttl: float) -> None:
+        args: list[str | int] = [owner, fingerprint, self._ttl_ms(ttl), self._holder() or ""]
+        with self._errors("mark in flight"):
+            self._scripts["mark"](keys=[self._in_flight_key(key)], args=args)
+
+    def in_flight(self, key: str) -> Claim | None:
+        with self._errors("read in-flight record"):
+            found = self._scripts["in_flight"](keys=[self._in_flight_key(key)])
+        return self._claim(found)
+
+    def clear_in_flight(self, key: str, owner: str) -> bool:
+        with self._errors("clear in flight"):
+            return bool(self._scripts["clear"](keys=[self._in_flight_key(key)], args=[owner]))
 
     def schedule(self, key: str, due_at: float | None) -> None:
         args = [key, "" if due_at is None else repr(float(due_at))]
@@ -251,6 +343,10 @@ class RedisStore(Store):
         """Close the sync connections; async clients are dropped (use `aclose` in a loop to
         close the current loop's client cleanly)."""
         self._async.clear()
+        with self._live_lock:
+            live, self._live = self._live, None
+        if live is not None:
+            live.close()
         if self._url is not None:  # a client the caller passed in stays the caller's
             self._client.close()
 
@@ -270,7 +366,7 @@ class RedisStore(Store):
             return bool(await side.scripts["cas"](keys=keys, args=args))
 
     async def adelete(self, key: str) -> bool:
-        keys = [self._record_key(key), self._lease_key(key), self._index, self._due]
+        keys = self._delete_keys(key)
         side = self._side()
         with self._errors("delete"):
             return bool(await side.scripts["del"](keys=keys, args=[key]))
@@ -286,7 +382,7 @@ class RedisStore(Store):
         side = self._side()
         with self._errors("acquire lease"):
             result = await side.scripts["acquire"](
-                keys=[self._lease_key(key)], args=[owner, self._ttl_ms(ttl)]
+                keys=self._lease_keys(key), args=[owner, self._ttl_ms(ttl), self._holder() or ""]
             )
         return bool(result)
 
@@ -294,14 +390,14 @@ class RedisStore(Store):
         side = self._side()
         with self._errors("renew lease"):
             result = await side.scripts["renew"](
-                keys=[self._lease_key(key)], args=[owner, self._ttl_ms(ttl)]
+                keys=self._lease_keys(key), args=[owner, self._ttl_ms(ttl)]
             )
         return bool(result)
 
     async def arelease_lease(self, key: str, owner: str) -> bool:
         side = self._side()
         with self._errors("release lease"):
-            result = await side.scripts["release"](keys=[self._lease_key(key)], args=[owner])
+            result = await side.scripts["release"](keys=self._lease_keys(key), args=[owner])
         return bool(result)
 
     async def aclose(self) -> None:
@@ -310,6 +406,57 @@ class RedisStore(Store):
         if side is not None:
             await side.client.aclose()
         self.close()
+
+    # --- liveness -----------------------------------------------------------------------------
+
+    def _session(self) -> str | None:
+        """The id of a connection this process keeps open to the server for as long as it runs
+        (`CLIENT ID`): a dead process's sockets are closed by its kernel, and the server then
+        forgets the client. Read again at most once a second (a reconnect changes it); None when
+        the server refuses `CLIENT` (an ACL, a proxy): liveness is then unknown."""
+        now = time.monotonic()
+        with self._live_lock:
+            if self._live_checked == (os.getpid(), now // 1):
+                return self._live_id
+            try:
+                if self._live is None:
+                    self._live = self._dedicated_client()
+                self._live_id = f"{self._live.client_id()}"
+            except redis.RedisError:
+                self._live_id = None
+            self._live_checked = (os.getpid(), now // 1)
+            return self._live_id
+
+    def _session_alive(self, session: str) -> bool | None:
+        if not session.isdigit():
+            return None
+        try:
+            found = self._client.execute_command(  # type: ignore[no-untyped-call]
+                "CLIENT", "LIST", "ID", session
+            )
+        except redis.RedisError:
+            return None  # CLIENT refused or the server unreachable: cannot tell
+        text = _text(found) if isinstance(found, bytes | str) else str(found)
+        return bool(text.strip())
+
+    def _dedicated_client(self) -> redis.Redis:
+        kwargs = dict(self._client.connection_pool.connection_kwargs)
+        pool = redis.ConnectionPool(
+            connection_class=self._client.connection_pool.connection_class,
+            max_connections=1,
+            **kwargs,
+        )
+        return redis.Redis(connection_pool=pool)  # the pool keeps its one connection open
+
+    def _claim(self, found: Any) -> Claim | None:
+        if not found:
+            return None
+        owner, left = _text(found[0]), int(found[1])
+        if left < 0:  # no expiry (written by hand) or gone meanwhile
+            return None
+        holder = _text(found[2]) or None
+        fp = _text(found[3]) if len(found) > 3 else None
+        return Claim(owner, left / 1000, holder, fp)
 
     # --- helpers ------------------------------------------------------------------------------
 

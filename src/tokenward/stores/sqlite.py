@@ -36,12 +36,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import StoreCorrupted, StoreError
-from .base import Record, Store, check_successor, due_time
+from .base import Claim, Record, Store, check_successor, due_time
 from .file import FILE_MODE, make_private_dir, record_from_data
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+_IN_FLIGHT = (
+    "CREATE TABLE in_flight (key TEXT PRIMARY KEY, owner TEXT NOT NULL, fingerprint TEXT NOT NULL, "
+    "deadline REAL NOT NULL, holder TEXT)"
+)
 TABLES = {
     "meta": "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "records": (
@@ -49,21 +53,27 @@ TABLES = {
         "data TEXT NOT NULL, updated_at REAL NOT NULL, due_at REAL, claimed_by TEXT)"
     ),
     "leases": (
-        "CREATE TABLE leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)"
+        "CREATE TABLE leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL, "
+        "holder TEXT)"
     ),
+    "in_flight": _IN_FLIGHT,
 }
-#: Upgrades from each older schema version to the next (version 1 had no due-queue).
+#: Tables every schema version has (what makes a file ours).
+BASE_TABLES = {"meta", "records", "leases"}
+#: Upgrades from each older schema version to the next (version 1 had no due-queue, version 2
+#: no holder identities or in-flight records).
 UPGRADES: dict[int, list[str]] = {
     1: [
         "ALTER TABLE records ADD COLUMN due_at REAL",
         "ALTER TABLE records ADD COLUMN claimed_by TEXT",
     ],
+    2: ["ALTER TABLE leases ADD COLUMN holder TEXT", _IN_FLIGHT],
 }
 INDEXES = ["CREATE INDEX IF NOT EXISTS records_due_at ON records (due_at) WHERE due_at IS NOT NULL"]
 _ACQUIRE = (
-    "INSERT INTO leases (key, owner, expires_at) VALUES (?, ?, ?) "
-    "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
-    "WHERE leases.owner = excluded.owner OR leases.expires_at <= ?"
+    "INSERT INTO leases (key, owner, expires_at, holder) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at, "
+    "holder = excluded.holder WHERE leases.owner = excluded.owner OR leases.expires_at <= ?"
 )
 
 
@@ -143,6 +153,7 @@ class SQLiteStore(Store):
     def delete(self, key: str) -> bool:
         with self._transaction("delete") as conn:
             conn.execute("DELETE FROM leases WHERE key = ?", (key,))
+            conn.execute("DELETE FROM in_flight WHERE key = ?", (key,))
             return conn.execute("DELETE FROM records WHERE key = ?", (key,)).rowcount == 1
 
     def keys(self, prefix: str = "") -> list[str]:
@@ -154,7 +165,7 @@ class SQLiteStore(Store):
 
     def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         now = time.time()
-        return self._change("acquire lease", _ACQUIRE, (key, owner, now + ttl, now))
+        return self._change("acquire lease", _ACQUIRE, (key, owner, now + ttl, self._holder(), now))
 
     def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         now = time.time()
@@ -167,6 +178,53 @@ class SQLiteStore(Store):
     def release_lease(self, key: str, owner: str) -> bool:
         return self._change(
             "release lease", "DELETE FROM leases WHERE key = ? AND owner = ?", (key, owner)
+        )
+
+    def lease_holder(self, key: str) -> Claim | None:
+        now = time.time()
+        with self._errors("read lease"):
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT owner, expires_at, holder FROM leases WHERE key = ? AND expires_at > ?",
+                    (key, now),
+                )
+                .fetchone()
+            )
+        return None if row is None else Claim(row[0], row[1] - now, row[2])
+
+    def take_over_lease(self, key: str, dead_owner: str, owner: str, ttl: float) -> bool:
+        return self._change(
+            "take over lease",
+            "UPDATE leases SET owner = ?, expires_at = ?, holder = ? WHERE key = ? AND owner = ?",
+            (owner, time.time() + ttl, self._holder(), key, dead_owner),
+        )
+
+    def mark_in_flight(self, key: str, owner: str, fingerprint: str, ttl: float) -> None:
+        self._change(
+            "mark in flight",
+            "INSERT OR REPLACE INTO in_flight (key, owner, fingerprint, deadline, holder) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key, owner, fingerprint, time.time() + ttl, self._holder()),
+        )
+
+    def in_flight(self, key: str) -> Claim | None:
+        now = time.time()
+        with self._errors("read in-flight record"):
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT owner, deadline, holder, fingerprint FROM in_flight "
+                    "WHERE key = ? AND deadline > ?",
+                    (key, now),
+                )
+                .fetchone()
+            )
+        return None if row is None else Claim(row[0], row[1] - now, row[2], row[3])
+
+    def clear_in_flight(self, key: str, owner: str) -> bool:
+        return self._change(
+            "clear in flight", "DELETE FROM in_flight WHERE key = ? AND owner = ?", (key, owner)
         )
 
     def schedule(self, key: str, due_at: float | None) -> None:
@@ -285,7 +343,7 @@ class SQLiteStore(Store):
 
     def _check_schema(self, conn: _Connection) -> int:
         tables = self._tables(conn)
-        if not set(TABLES) <= tables:
+        if not tables >= BASE_TABLES:
             found = ", ".join(sorted(tables)) or "none"
             raise StoreCorrupted(self.location, f"not a tokenward database (tables: {found})")
         row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
