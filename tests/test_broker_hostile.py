@@ -22,16 +22,18 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx2
 import pytest
-from broker_support import CLIENT_SECRET_ENV
+from broker_support import API_KEY_ENV, CLIENT_SECRET_ENV
 
 from tokenward.broker.config import hash_key, new_key
 from tokenward.config import load_config
 from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET
 from tokenward.testing.emulator import Emulator
 from tokenward.testing.server import EmulatorServer
+from tokenward.token import fingerprint
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -128,6 +130,8 @@ class Env:
     emulator: Emulator
     proc: subprocess.Popen[bytes]
     log: Path
+    #: Every secret the broker holds or is shown (scanned for in its answers and its log).
+    secrets: set[str]
 
     def rss(self) -> int:
         """The broker process's resident memory, in bytes."""
@@ -153,6 +157,24 @@ token_url = "{emulator_url}/oauth/token"
 client_id = "{TEST_CLIENT_ID}"
 client_secret = "env:{CLIENT_SECRET_ENV}"
 
+[credentials.gone]
+grant = "refresh_token"
+base_url = "{echo_url}"
+token_url = "{emulator_url}/oauth/token"
+client_id = "{TEST_CLIENT_ID}"
+client_secret = "env:{CLIENT_SECRET_ENV}"
+client_auth = "body"
+
+[credentials.avatar]
+preset = "heygen"
+base_url = "{emulator_url}"
+api_key = "env:{API_KEY_ENV}"
+
+[credentials.broken]
+preset = "heygen"
+base_url = "{emulator_url}"
+api_key = "file:{tmp}/no-such-key"
+
 [broker.limits]
 max_body_bytes = 1000000
 auth_failure_burst = 5
@@ -160,7 +182,7 @@ auth_failure_rate = 0.5
 
 [broker.clients.wide]
 key_sha256 = "{hash_key(key)}"
-credentials = ["echo"]
+credentials = ["*"]
 methods = ["*"]
 paths = ["/*"]
 raw_tokens = true
@@ -186,8 +208,12 @@ burst = 100000
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("hostile")
-    emulator = Emulator()
+    # A careless provider: its refusals repeat the request (form, Authorization, API key).
+    emulator = Emulator(echo_secrets=True)
     emulator.add_client(TEST_CLIENT_ID, TEST_CLIENT_SECRET)
+    revoked = emulator.issue_refresh_token(TEST_CLIENT_ID)
+    emulator.revoke(revoked)
+    wrong_key = "ak-wrong-" + new_key()[4:]
     emu_server = EmulatorServer(emulator).start()
     echo = Echo()
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _echo_handler(echo))
@@ -197,12 +223,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     config_path = _config(tmp, emu_server.url, echo_url, key, narrow)
     config = load_config(config_path)
     try:
-        cc = config.credentials["echo"]
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv(CLIENT_SECRET_ENV, TEST_CLIENT_SECRET)
-            manager = cc.manager(config.store_for(cc))
-            manager.seed(refresh_token=emulator.issue_refresh_token(TEST_CLIENT_ID))
-            manager.close()
+            seeds = {"echo": emulator.issue_refresh_token(TEST_CLIENT_ID), "gone": revoked}
+            for name, refresh_token in seeds.items():
+                cc = config.credentials[name]
+                manager = cc.manager(config.store_for(cc))
+                manager.seed(refresh_token=refresh_token)
+                manager.close()
     finally:
         config.close()
     port = _free_port()
@@ -213,7 +241,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, CLIENT_SECRET_ENV: TEST_CLIENT_SECRET},
+            env={**os.environ, CLIENT_SECRET_ENV: TEST_CLIENT_SECRET, API_KEY_ENV: wrong_key},
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -229,7 +257,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             if time.monotonic() > deadline:
                 pytest.fail(f"the broker did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.05)
-        yield Env(url, port, key, narrow, echo, emulator, proc, log)
+        secrets = {TEST_CLIENT_SECRET, wrong_key, revoked, key, narrow}
+        yield Env(url, port, key, narrow, echo, emulator, proc, log, secrets)
     finally:
         proc.terminate()
         try:
@@ -558,7 +587,7 @@ def test_validation_errors_have_the_documented_shape(env: Env) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("GET", "/nowhere", 404), ("PUT", "/healthz", 405), ("GET", "/v1/proxy/none/x", 403)],
+    [("GET", "/nowhere", 404), ("PUT", "/healthz", 405), ("GET", "/v1/proxy/none/x", 404)],
 )
 def test_routing_errors_have_the_documented_shape(
     env: Env, method: str, path: str, status: int
@@ -578,3 +607,35 @@ def test_the_access_log_has_no_query_strings(env: Env) -> None:
     log = env.log.read_text(encoding="utf-8", errors="replace")
     assert "GET /v1/proxy/echo/items?" in log  # the access line is there ...
     assert marker not in log  # ... without the query
+
+
+# -- 6. provider text that echoes secrets ----------------------------------------------------------
+def _no_secret_in(env: Env, *texts: str) -> None:
+    forms = {f for s in env.secrets for f in (s, quote(s, safe=""), quote_plus(s))}
+    joined = "\n".join(texts)
+    leaked = [fingerprint(f) for f in forms if f in joined]
+    assert leaked == [], f"{len(leaked)} secret form(s) leaked"
+
+
+def test_provider_echoes_never_reach_answers_or_the_log(env: Env) -> None:
+    with env.http() as http:
+        gone = http.post("/v1/credentials/gone/token")
+        listed = http.get("/v1/credentials")
+        avatar = http.post("/v1/credentials/avatar/token")
+        session = http.post("/v1/sessions", json={"credential": "avatar"})
+        broken = http.post("/v1/credentials/broken/token")
+    # A refused refresh token: log in again.
+    assert gone.status_code == 503 and gone.json()["error"] == "reauthorization_required"
+    assert "tokenward login gone" in gone.json()["reason"]
+    (record,) = [c for c in listed.json() if c["name"] == "gone"]
+    assert record["state"] == "needs_reauth" and "[secret " in record["last_error"]
+    # A refused API key: fix the key, not a login.
+    for answer in (avatar, session):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "reauthorization_required"
+        assert "api_key" in answer.json()["reason"] and "login" not in answer.json()["reason"]
+    # A missing API-key file: the configuration, named.
+    assert broken.status_code == 503 and broken.json()["error"] == "credential_misconfigured"
+    assert "no-such-key" in broken.json()["reason"]
+    texts = [a.text for a in (gone, listed, avatar, session, broken)]
+    _no_secret_in(env, *texts, env.log.read_text(encoding="utf-8", errors="replace"))

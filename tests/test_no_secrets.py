@@ -4,12 +4,14 @@ in any exception raised, or in the reprs and status summaries a program might pr
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import secrets
 import traceback
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx2
 import pytest
@@ -17,15 +19,18 @@ import pytest
 from tokenward.errors import (
     MalformedTokenResponse,
     ReauthorizationRequired,
+    RequestRejected,
     TokenwardError,
 )
 from tokenward.integrations.httpx import TokenAuth
 from tokenward.manager import TokenManager
+from tokenward.redact import MAX_PROVIDER_TEXT
 from tokenward.retry import RetryPolicy
 from tokenward.sources import ApiKeyExchange, ClientCredentialsGrant, RefreshTokenGrant
 from tokenward.stores import MemoryStore
 from tokenward.testing.emulator import Emulator
 from tokenward.testing.server import EmulatorServer
+from tokenward.token import fingerprint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -184,3 +189,82 @@ def test_no_secret_escapes(
     assert len(issued) >= 12
     leaked = sorted(s for s in issued | given if s in text)
     assert leaked == [], f"{len(leaked)} secret(s) leaked"
+
+
+def test_provider_text_that_echoes_secrets_is_scrubbed(
+    tokenward_emulator: EmulatorServer,
+    caplog: pytest.LogCaptureFixture,
+    handler: AllAttributes,
+) -> None:
+    """A provider that repeats what it was sent in its refusals (the refresh token, the form
+    with the client secret, the Basic pair, the API key): none of it reaches an exception, the
+    status, the stored record or a log line; each secret is named by its fingerprint instead,
+    and the provider's text is cut short."""
+    caplog.set_level(logging.DEBUG, logger="tokenward")
+    server = tokenward_emulator
+    emulator = server.emulator
+    emulator.echo_secrets = True
+    client_id = "echo-" + secrets.token_hex(4)
+    client_secret = "cs-/+" + secrets.token_urlsafe(24)  # encodes differently in a form
+    wrong_secret = "cs-wrong-" + secrets.token_urlsafe(24)
+    wrong_key = "ak-wrong-" + secrets.token_urlsafe(24)
+    emulator.add_client(client_id, client_secret)
+    revoked = emulator.issue_refresh_token(client_id)
+    emulator.revoke(revoked)
+    raised: list[BaseException] = []
+    shown: list[str] = []
+
+    # invalid_grant, the form (refresh token and client secret) echoed in the description.
+    store = MemoryStore()
+    body_auth = RefreshTokenGrant(server.token_url, client_id, client_secret, client_auth="body")
+    with TokenManager("echo", body_auth, store, retry=FAST) as manager:
+        manager.seed(refresh_token=revoked)
+        with pytest.raises(ReauthorizationRequired) as refused:
+            manager.refresh()
+        raised.append(refused.value)
+        shown += [json.dumps(manager.status()), repr(store.load("echo"))]
+        last_error = manager.status()["last_error"]
+    assert f"[secret {fingerprint(revoked)}]" in str(refused.value)  # scrubbed, not absent
+    assert "tokenward login" in str(refused.value)
+    assert last_error and f"[secret {fingerprint(revoked)}]" in last_error
+
+    # invalid_request (a form the provider refuses), echoed with the client secret.
+    broken = ClientCredentialsGrant(
+        server.token_url,
+        client_id,
+        client_secret,
+        client_auth="body",
+        extra_params={"grant_type": ""},
+    )
+    with TokenManager("echo-cc", broken, MemoryStore(), retry=FAST) as manager:
+        with pytest.raises(RequestRejected) as rejected:
+            manager.token()
+        raised.append(rejected.value)
+    assert rejected.value.description and len(rejected.value.description) <= MAX_PROVIDER_TEXT
+    assert f"[secret {fingerprint(client_secret)}]" in str(rejected.value)
+
+    # invalid_client with HTTP Basic: the Authorization header echoed.
+    basic = ClientCredentialsGrant(server.token_url, client_id, wrong_secret)
+    with TokenManager("echo-basic", basic, MemoryStore(), retry=FAST) as manager:
+        with pytest.raises(ReauthorizationRequired) as basic_refused:
+            manager.token()
+        raised.append(basic_refused.value)
+
+    # A wrong API key, echoed in HeyGen's `error`: advice about the key, not a login.
+    wrong = ApiKeyExchange(server.session_token_url, wrong_key)
+    with TokenManager("echo-key", wrong, MemoryStore(), retry=FAST) as manager:
+        with pytest.raises(ReauthorizationRequired) as key_refused:
+            manager.token()
+        raised.append(key_refused.value)
+    assert "api_key" in str(key_refused.value) and "tokenward login" not in str(key_refused.value)
+    assert f"[secret {fingerprint(wrong_key)}]" in str(key_refused.value)
+
+    haystack = [caplog.text, *handler.lines, *shown]
+    for exc in raised:
+        haystack += describe(exc)
+    text = "\n".join(haystack)
+    given = {revoked, client_secret, wrong_secret, wrong_key}
+    forms = {f for s in given for f in (s, quote(s, safe=""), quote_plus(s))}
+    forms.add(base64.b64encode(f"{client_id}:{wrong_secret}".encode()).decode())
+    leaked = sorted(fingerprint(s) for s in forms if s in text)
+    assert leaked == [], f"{len(leaked)} secret form(s) leaked"

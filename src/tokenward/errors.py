@@ -41,15 +41,19 @@ class ReauthorizationRequired(TokenwardError):
         *,
         answer_lost: bool = False,
         cause: str | None = None,
+        advice: str | None = None,
     ) -> None:
         self.credential = credential
         self.error = error
         self.description = description
         self.answer_lost = answer_lost
+        self.advice = advice
+        advice = advice or (
+            f"Log in again (`tokenward login {credential}`) or seed a new refresh token."
+        )
         if cause is not None:  # not the provider's answer (a stored state, a local revoke)
             super().__init__(
-                f"credential {credential!r}: re-authorization required: {cause}. "
-                f"Log in again (`tokenward login {credential}`) or seed a new refresh token."
+                f"credential {credential!r}: re-authorization required: {cause}. {advice}"
             )
             return
         if answer_lost:
@@ -62,7 +66,7 @@ class ReauthorizationRequired(TokenwardError):
         detail = f" ({description})" if description else ""
         super().__init__(
             f"credential {credential!r}: re-authorization required: {cause}: {error}{detail}. "
-            f"Log in again (`tokenward login {credential}`) or seed a new refresh token."
+            f"{advice}"
         )
 
     @classmethod

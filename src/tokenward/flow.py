@@ -331,7 +331,9 @@ def _refused(
             # Re-seeded (a login) or rotated by a process whose lease outlived ours: the refused
             # refresh token was simply stale. Versions only grow, so this recursion ends.
             return (yield from _refresh(ctx, latest))
-    error = ReauthorizationRequired(ctx.key, exc.error, exc.description, answer_lost=lost)
+    error = ReauthorizationRequired(
+        ctx.key, exc.error, exc.description, answer_lost=lost, advice=exc.advice
+    )
     base = latest or Record(ctx.key)
     yield Save(base.successor(state="needs_reauth", last_error=str(error)), base.version)
     events.emit("refresh.failed", ctx.key, kind="permanent", error=exc.error, answer_lost=lost)

@@ -60,6 +60,8 @@ class HttpResponse:
     received_at: float
     #: Wall-clock time the request was sent (None: unknown, e.g. an answer built by hand).
     sent_at: float | None = None
+    #: The request this answers (its secrets are scrubbed from the provider's error text).
+    request: HttpRequest | None = field(default=None, repr=False, compare=False)
 
     @property
     def lifetime_start(self) -> float:
@@ -73,13 +75,14 @@ class HttpResponse:
         return self.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def _to_response(response: httpx2.Response, sent_at: float) -> HttpResponse:
+def _to_response(response: httpx2.Response, sent_at: float, request: HttpRequest) -> HttpResponse:
     return HttpResponse(
         status=response.status_code,
         headers={k.lower(): v for k, v in response.headers.items()},
         body=response.content,
         received_at=time.time(),
         sent_at=sent_at,
+        request=request,
     )
 
 
@@ -99,7 +102,7 @@ def send(client: httpx2.Client, request: HttpRequest) -> HttpResponse:
         )
     except httpx2.TransportError as exc:
         raise _transient(exc, request) from None
-    return _to_response(response, sent_at)
+    return _to_response(response, sent_at, request)
 
 
 async def send_async(client: httpx2.AsyncClient, request: HttpRequest) -> HttpResponse:
@@ -111,4 +114,4 @@ async def send_async(client: httpx2.AsyncClient, request: HttpRequest) -> HttpRe
         )
     except httpx2.TransportError as exc:
         raise _transient(exc, request) from None
-    return _to_response(response, sent_at)
+    return _to_response(response, sent_at, request)

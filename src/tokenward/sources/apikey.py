@@ -51,7 +51,12 @@ class ApiKeyExchange(HttpSource):
         return HttpRequest(self.method, self.url, headers, body)
 
     def parse_response(self, response: HttpResponse, credential: str) -> Token:
-        raise_for_error(response, credential)
+        raise_for_error(
+            response,
+            credential,
+            advice="The provider refused the API key: put a valid key in the credential's "
+            "api_key setting (a file:, env: or literal value) and restart.",
+        )
         payload = json_body(response, credential)
         token = lookup(payload, self.token_path)
         if token is MISSING or not isinstance(token, str) or not token:

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from ..errors import MalformedTokenResponse, TokenwardError
+from ..redact import scrub
 from ..token import Token
 from ..transport import HttpRequest, HttpResponse
 from .oauth2 import ClientAuth, _OAuth2Client, parse_token_response
@@ -96,7 +97,9 @@ def parse_callback(query: Mapping[str, str], expected_state: str) -> str:
         )
     error = query.get("error")
     if error:
-        detail = query.get("error_description")
+        # The provider's words, cut short and without the state (a secret of this login).
+        detail = scrub(query.get("error_description"), [expected_state])
+        error = scrub(error, [expected_state], limit=80) or "?"
         raise AuthorizationDenied(
             f"the provider refused the authorization: {error}" + (f" ({detail})" if detail else "")
         )

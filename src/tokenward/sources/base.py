@@ -25,6 +25,7 @@ from ..errors import (
     RequestRejected,
     TransientError,
 )
+from ..redact import request_secrets, scrub
 from ..stores.base import Record
 from ..token import Token
 from ..transport import HttpRequest, HttpResponse
@@ -121,8 +122,9 @@ def json_body(response: HttpResponse, credential: str) -> Any:
         ) from None
 
 
-def raise_for_error(response: HttpResponse, credential: str) -> None:
-    """Classify a non-2xx answer (and 2xx answers carrying an OAuth `error`)."""
+def raise_for_error(response: HttpResponse, credential: str, *, advice: str | None = None) -> None:
+    """Classify a non-2xx answer (and 2xx answers carrying an OAuth `error`). `advice`: what
+    to do about a permanent refusal, when logging in again is not it (an API key)."""
     status = response.status
     if status in (408, 425, 429) or status >= 500:
         raise TransientError(
@@ -138,12 +140,17 @@ def raise_for_error(response: HttpResponse, credential: str) -> None:
     if status < 400 and not isinstance(error, str):
         return
     description = payload.get("error_description") if isinstance(payload, dict) else None
-    description = description if isinstance(description, str) else None
-    if isinstance(error, str) and error in PERMANENT_ERRORS:
-        raise ReauthorizationRequired(credential, error, description)
+    # The provider's words, minus every secret of the request it answers (some echo them).
+    secrets = request_secrets(response.request)
+    description = scrub(description, secrets) if isinstance(description, str) else None
+    error = scrub(error, secrets, limit=80) if isinstance(error, str) else None
+    if error is not None and error in PERMANENT_ERRORS:
+        raise ReauthorizationRequired(credential, error, description, advice=advice)
     if status in (401, 403):
-        raise ReauthorizationRequired(credential, error or f"http_{status}", description)
-    code = error if isinstance(error, str) else "an unexpected answer"
+        raise ReauthorizationRequired(
+            credential, error or f"http_{status}", description, advice=advice
+        )
+    code = error if error is not None else "an unexpected answer"
     if payload is None:
         code = _describe_body(response)
     raise RequestRejected(credential, status, code, description)

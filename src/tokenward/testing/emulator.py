@@ -143,6 +143,7 @@ _SETTINGS: Final[Mapping[str, tuple[type, ...]]] = {
     "fault_delay": (int, float),
     "device_interval": (int,),
     "user_id": (int,),
+    "echo_secrets": (bool,),
 }
 
 _LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -329,6 +330,9 @@ class Emulator:
         self.fault_delay: float = 10.0
         self.device_interval: int = 1
         self.user_id: int = 12345
+        #: A careless provider: every refusal of the token and session-token endpoints repeats
+        #: what it was sent (the form, the Authorization header, the API key) in its text.
+        self.echo_secrets: bool = False
         # State.
         self._clock_offset = 0.0
         self._family_ids = itertools.count(1)
@@ -1277,7 +1281,22 @@ class _Handlers:
         if fault is not None and fault.name == "negative_expires" and reply.status == 200:
             assert reply.body is not None
             reply.body["expires_in"] = -5
+        if self.emu.echo_secrets and reply.status >= 400 and isinstance(reply.body, dict):
+            await self._echo(request, reply.body)
         return _respond(reply, no_store=no_store)
+
+    async def _echo(self, request: Request, body: dict[str, Any]) -> None:
+        """`echo_secrets`: the refusal quotes the request (form, Authorization, API key)."""
+        sent = (await request.body()).decode("utf-8", "replace")
+        heard = [f"form: {sent}"] if sent else []
+        for name in ("authorization", "x-api-key"):
+            if name in request.headers:
+                heard.append(f"{name}: {request.headers[name]}")
+        quoted = "; ".join(heard)
+        if "error_description" in body:  # OAuth: the description repeats the request
+            body["error_description"] = f"{body['error_description']} (we got {quoted})"
+        elif isinstance(body.get("error"), str):  # HeyGen: the error itself does
+            body["error"] = f"{body['error']} (we got {quoted})"
 
     # --- OAuth
 
