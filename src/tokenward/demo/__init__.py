@@ -111,12 +111,10 @@ def refresh_tolerance(expiries: int) -> int:
 
 
 def run_demo(config: DemoConfig, progress: Any = None) -> DemoResult:
-    """Both acts, each with both sides at once."""
-    from .race import run_act
+    """Both acts, each with both sides at once (act 2's processes start during act 1)."""
+    from .race import run_both
 
-    return DemoResult(
-        config, run_act("pipeline", config, progress), run_act("sigkill", config, progress)
-    )
+    return DemoResult(config, *run_both(config, progress))
 
 
 # -- presentation -------------------------------------------------------------------------------
@@ -137,7 +135,7 @@ PIPELINE_ROWS: tuple[tuple[str, Callable[[SideOutcome], str]], ...] = (
     ("invalid_grant answers", lambda o: str(o.invalid_grant)),
     ("401 answers", lambda o: str(o.unauthorized)),
     ("refresh token in .env valid at the end", lambda o: _yes(o.env_token_valid)),
-    ("cooldown race: one token sent twice by a process", lambda o: _seen(o.cooldown_races)),
+    ("race inside the cooldown", lambda o: _seen(o.cooldown_races)),
     ("another process's stale refresh token", lambda o: _seen(o.stale_from_other_process)),
     (".env overwritten by an older token", lambda o: _seen(o.env_rollbacks)),
 )
@@ -155,8 +153,8 @@ KILL_ROWS: tuple[tuple[str, Callable[[SideOutcome], str]], ...] = (
     ("401 answers", lambda o: str(o.unauthorized)),
     ("token endpoint calls", lambda o: str(o.token_calls)),
     ("invalid_grant answers", lambda o: str(o.invalid_grant)),
-    ("refresh token in .env valid (what a restart loads)", lambda o: _yes(o.env_token_valid)),
-    ("survivors holding a valid refresh token", lambda o: f"{o.valid_in_processes}/{o.survivors}"),
+    ("refresh token in .env valid", lambda o: _yes(o.env_token_valid)),
+    ("survivors with valid refresh token", lambda o: f"{o.valid_in_processes}/{o.survivors}"),
 )
 
 

@@ -41,7 +41,7 @@ from ..testing.emulator import Emulator, Hold, fingerprint
 from ..testing.server import EmulatorServer
 from .workload import Schedule
 
-__all__ = ["ActResult", "DemoConfig", "Kill", "SideOutcome", "run_act"]
+__all__ = ["Act", "ActResult", "DemoConfig", "Kill", "SideOutcome", "run_act", "run_both"]
 
 SIDES = ("tokenward", "hand-made")
 #: How the "after" code maps its credential onto the `.env` variables (withtokenward.py).
@@ -235,12 +235,14 @@ class Side:
                 if not self.env_trail or self.env_trail[-1] != seen:
                     self.env_trail.append(seen)
 
-    def kill_mid_refresh(self, hold: Hold, start: float, limit: float) -> None:
+    def kill_mid_refresh(self, hold: Hold, start: float) -> None:
         """SIGKILL the process whose token request reached `hold`, then let the provider
-        notice it went (it never processes that request)."""
-        if not hold.arrived.wait(limit):
-            hold.release()
-            return
+        notice it went (it never processes that request). No token request before every
+        process has ended: nobody to kill."""
+        while not hold.arrived.wait(0.05):
+            if all(process.poll() is not None for process in self.processes):
+                hold.release()
+                return
         agent = hold.agents[0] or ""
         pids = {process.pid: index for index, process in enumerate(self.processes)}
         index = pids[int(agent.removeprefix(AGENT_PREFIX))]
@@ -400,6 +402,64 @@ def _due(schedule: Schedule) -> int:
     return min(schedule.total, math.floor(elapsed * schedule.rate) + 1)
 
 
+class Act:
+    """One act's providers, directories and processes; leaving it stops them all."""
+
+    def __init__(
+        self, name: str, config: DemoConfig, emulators: Callable[[], Emulator] | None = None
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.duration = config.duration if name == "pipeline" else config.kill_duration
+        self._make = emulators or (lambda: configured_emulator(config))
+        self._stack = contextlib.ExitStack()
+        self.sides: list[Side] = []
+
+    def __enter__(self) -> Act:
+        stack = self._stack.__enter__()
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tokenward-demo-")))
+        for name in SIDES:
+            provider = stack.enter_context(running_provider(self._make()))
+            self.sides.append(Side(name, provider, tmp / name))
+            stack.callback(self.sides[-1].stop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.__exit__(None, None, None)
+
+    def spawn(self) -> None:
+        """Start the processes; they import their libraries, then wait for `run`."""
+        for side in self.sides:
+            side.spawn(self.config, self.duration)
+
+    def run(self, progress: Progress, started: Callable[[], None] = lambda: None) -> ActResult:
+        """Log in, start every process at once (then call `started`), and measure."""
+        config, sides = self.config, self.sides
+        for side in sides:
+            side.wait_ready()
+            side.prepare(config)  # the login, right before the start
+        kill = self.name == "sigkill"
+        holds = {side.name: side.provider.emulator.hold("token") for side in sides if kill}
+        schedule = Schedule(time.monotonic() + 0.1, self.duration, config.rate, config.workers)
+        progress.begin(self.name, schedule.total)
+        for side in sides:
+            side.go(schedule.start)
+        started()
+        killers = [
+            threading.Thread(target=side.kill_mid_refresh, args=(holds[side.name], schedule.start))
+            for side in sides
+            if side.name in holds
+        ]
+        for killer in killers:
+            killer.start()
+        _watch(sides, schedule, progress, self.duration + 30)
+        for killer in killers:
+            killer.join()
+        reports = {side.name: side.finish(30.0) for side in sides}
+        result = {s.name: outcome(s, config, schedule.total, reports[s.name]) for s in sides}
+        return ActResult(self.name, self.duration, result)
+
+
 def run_act(
     act: str,
     config: DemoConfig,
@@ -408,44 +468,18 @@ def run_act(
 ) -> ActResult:
     """Run one act ("pipeline" or "sigkill") with both sides at once; `emulators` makes each
     side's emulator (tests pass their own, to compare the figures with its counters)."""
+    with Act(act, config, emulators) as running:
+        running.spawn()
+        return running.run(progress or NoProgress())
+
+
+def run_both(config: DemoConfig, progress: Progress | None = None) -> tuple[ActResult, ActResult]:
+    """Act 1, then act 2, whose processes start (and import) while act 1 runs."""
     progress = progress or NoProgress()
-    make = emulators or (lambda: configured_emulator(config))
-    duration = config.duration if act == "pipeline" else config.kill_duration
-    with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tokenward-demo-")))
-        sides = [
-            Side(name, stack.enter_context(running_provider(make())), tmp / name) for name in SIDES
-        ]
-        for side in sides:
-            stack.callback(side.stop)
-            side.spawn(config, duration)
-        for side in sides:
-            side.wait_ready()
-            side.prepare(config)  # the login, right before the start
-        holds = {s.name: s.provider.emulator.hold("token") for s in sides if act == "sigkill"}
-        schedule = Schedule(time.monotonic() + 0.1, duration, config.rate, config.workers)
-        progress.begin(act, schedule.total)
-        killers = [
-            threading.Thread(
-                target=side.kill_mid_refresh,
-                args=(holds[side.name], schedule.start, duration),
-                daemon=True,
-            )
-            for side in sides
-            if side.name in holds
-        ]
-        for side in sides:
-            side.go(schedule.start)
-        for killer in killers:
-            killer.start()
-        _watch(sides, schedule, progress, duration + 30)
-        for killer in killers:
-            killer.join()
-        reports = {side.name: side.finish(30.0) for side in sides}
-        result = {
-            side.name: outcome(side, config, schedule.total, reports[side.name]) for side in sides
-        }
-    return ActResult(act, duration, result)
+    with Act("pipeline", config) as first, Act("sigkill", config) as second:
+        first.spawn()
+        pipeline = first.run(progress, started=second.spawn)
+        return pipeline, second.run(progress)
 
 
 def _watch(sides: list[Side], schedule: Schedule, progress: Progress, limit: float) -> None:
