@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -87,7 +88,9 @@ def storm(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def refresher(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A refresher process: claims and refreshes for `duration` seconds after the start time."""
+    """A refresher process: claims and refreshes from the start time until the parent writes
+    `stop` (the parent decides from the provider's log, not from a clock), or `duration` seconds
+    at the most."""
     store = open_store(cfg)
     grant = source(cfg)
     worker = Refresher(
@@ -99,6 +102,7 @@ def refresher(cfg: dict[str, Any]) -> dict[str, Any]:
         lease_ttl=cfg.get("lease_ttl", 5.0),
     )
     at = float(_ready())
+    threading.Thread(target=lambda: (sys.stdin.readline(), worker.stop()), daemon=True).start()
     time.sleep(max(0.0, at - time.time()))
     try:
         worker.run(duration=cfg["duration"])

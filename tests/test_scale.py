@@ -196,20 +196,53 @@ def _seed_many(store: Store, emu: Any, count: int, lifetime: float) -> tuple[dic
     return seeds, base
 
 
-@pytest.mark.timeout(200 if FULL or os.environ.get("TOKENWARD_SCALE") else 60)
+def _chains(seeds: dict[str, str], log: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each credential's rotation chain in the provider's refresh log, from its seed token."""
+    by_old = {entry["old"]: entry for entry in log}
+    chains: dict[str, list[dict[str, Any]]] = {}
+    for key, seed in seeds.items():
+        chain, old = [], seed
+        while old in by_old and len(chain) <= len(log):
+            chain.append(by_old[old])
+            old = by_old[old]["new"]
+        chains[key] = chain
+    return chains
+
+
+def _wait_for_rounds(emu: Any, seeds: dict[str, str], rounds: int, timeout: float) -> None:
+    """Block until the provider has seen every credential refreshed `rounds` times (its refresh
+    log is the clock here: a busy machine only makes this take longer)."""
+    deadline = time.monotonic() + timeout
+    behind = len(seeds)
+    while time.monotonic() < deadline:
+        chains = _chains(seeds, emu.refresh_log)
+        behind = sum(1 for chain in chains.values() if len(chain) < rounds)
+        if behind == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{behind} credentials not refreshed {rounds} times in {timeout}s")
+
+
+@pytest.mark.timeout(300 if FULL or os.environ.get("TOKENWARD_SCALE") else 120)
 def test_refresher_processes_share_many_credentials(
     tokenward_emulator: EmulatorServer, store_cfg: dict[str, Any]
 ) -> None:
+    """Three refresher processes share `count` credentials until the provider has refreshed
+    each one `rounds` times: no refresh token is ever presented twice, no credential is
+    refreshed twice for one expiry, none is left behind, every record ends on the newest token
+    of its chain. How late refreshes are on a quiet machine is `make bench`'s (bench/scale.py):
+    a busy machine delays them, and that is no defect."""
     count, lifetime, duration = (10_000, 3.0, 20.0) if FULL else (600, 4.0, 10.0)
     if os.environ.get("TOKENWARD_SCALE"):  # "count,lifetime,duration", to find the limits
         size = os.environ["TOKENWARD_SCALE"].split(",")
         count, lifetime, duration = int(size[0]), float(size[1]), float(size[2])
+    rounds = max(2, int(duration / lifetime))
     emu = tokenward_emulator.emulator
     emu.access_lifetime = lifetime
     cfg = {
         **store_cfg,
         "token_url": tokenward_emulator.token_url,
-        "duration": duration,
+        "duration": 240.0,  # at the most: the test says `stop` once every round is done
         "concurrency": 16,
         "pool": 20,
     }
@@ -219,58 +252,48 @@ def test_refresher_processes_share_many_credentials(
         seeds, base = _seed_many(store, emu, count, lifetime)
         started = time.time()
         _go(procs, str(started))
-        reports = [_result(proc, duration + 60) for proc in procs]
+        _wait_for_rounds(emu, seeds, rounds, timeout=60 + rounds * lifetime * 4)
+        _go(procs, "stop")
+        reports = [_result(proc, 60) for proc in procs]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    ended = started + duration
     counters = emu.counters
     log = emu.refresh_log
-    # Follow each credential's rotation chain from its seed refresh token.
-    by_old = {entry["old"]: entry for entry in log}
-    assert len(by_old) == len(log)  # no refresh token was presented twice
-    chains: dict[str, list[dict[str, Any]]] = {}
-    for key, seed in seeds.items():
-        chain, old = [], seed
-        while old in by_old:
-            chain.append(by_old[old])
-            old = by_old[old]["new"]
-        chains[key] = chain
+    assert len({entry["old"] for entry in log}) == len(log)  # no refresh token presented twice
+    chains = _chains(seeds, log)
     assert sum(len(chain) for chain in chains.values()) == len(log)  # nothing outside a chain
-    twice, late, missed, worst = 0, 0, 0, 0.0
+    twice, late, worst = 0, 0, 0.0
     for key, chain in chains.items():
         i = int(key.rsplit("-", 1)[1])
         expiry = base + lifetime * (1 + i / count)  # the seed token's expiry
         times = [entry["time"] for entry in chain]
         for previous, current in itertools.pairwise(times):
+            # The next refresh is due 80 % of a lifetime after the previous one was sent: half
+            # a lifetime apart leaves the previous request 30 % of a lifetime to be in transit.
             if current - previous < lifetime / 2:
                 twice += 1  # two refreshes for one expiry
         deadlines = [expiry] + [t + lifetime for t in times]
         for t, deadline in zip(times, deadlines, strict=False):
             if t > deadline:
-                late += 1  # refreshed only after the token it replaced had expired
+                late += 1  # reported only: lateness is a figure for `make bench`
                 worst = max(worst, t - deadline)
-        # Every expiry inside the run (with a margin for the shutdown) got its refresh.
-        last_deadline = deadlines[len(times)]
-        if last_deadline < ended - 0.5:
-            missed += 1
     total = len(log)
+    elapsed = time.time() - started
     stats = [report["stats"] for report in reports]
     summary = (
-        f"\nscale[{store_cfg['kind']}]: {count} credentials, lifetime {lifetime}s, {duration}s, "
-        f"3 refreshers: {total} refreshes ({total / duration:.0f}/s), twice={twice}, "
-        f"late={late} (worst {worst:.2f}s), missed={missed}, "
-        f"invalid_grant={counters['invalid_grant']}, "
+        f"\nscale[{store_cfg['kind']}]: {count} credentials, lifetime {lifetime}s, {rounds} "
+        f"rounds in {elapsed:.1f}s, 3 refreshers: {total} refreshes, twice={twice}, "
+        f"late={late} (worst {worst:.2f}s), invalid_grant={counters['invalid_grant']}, "
         f"reuse={counters['refresh_reuse']}, per process={[s['refreshed'] for s in stats]}, "
         f"failed={[s['failed'] for s in stats]}, first expiries from {base - started:+.2f}s"
     )
     print(summary)
     assert counters["invalid_grant"] == 0 and counters["refresh_reuse"] == 0, summary
     assert twice == 0, summary
+    assert all(len(chain) >= rounds for chain in chains.values()), summary  # none missed
     assert all(s["refreshed"] > 0 for s in stats), summary  # the three shared the work
-    if not FULL and not os.environ.get("TOKENWARD_SCALE"):
-        assert late == 0 and missed == 0, summary
     # Every record is whole and holds the newest refresh token of its chain.
     for key in list(seeds)[:: max(1, count // 200)]:
         record = store.load(key)
@@ -425,26 +448,40 @@ class _Callers:
             thread.join()
 
 
+def _until(what: str, condition: Any, timeout: float = 30.0) -> None:
+    """Wait until `condition()` holds (a counter, an event: never a guess at how long)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 def _outage_run(
-    emu: Any, server: EmulatorServer, store: Store, outage: Any, lifetime: float
+    emu: Any, server: EmulatorServer, store: Store, down: Any, in_effect: Any, up: Any
 ) -> tuple[_Callers, dict[str, int]]:
-    """Seed one credential, run callers and a refresher; `outage()` runs meanwhile."""
-    emu.access_lifetime = lifetime
+    """Seed one credential, run callers and a refresher, and take the store away while the
+    credential's refresh comes due: `down()` starts the outage, `in_effect(refresher)` says the
+    refresher has met it, `up()` ends it. Every step waits for an event, so a busy machine only
+    makes the run longer: the seeded token lives 12 s, far beyond what the outage needs."""
     grant = RefreshTokenGrant(server.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET)
     refresh_token = emu.issue_refresh_token(TEST_CLIENT_ID)
-    access = emu.issue_access_token(TEST_CLIENT_ID, lifetime=lifetime)
+    access = emu.issue_access_token(TEST_CLIENT_ID, lifetime=12.0)
     now = time.time()
-    assert store.compare_and_set(
-        Record(
-            "ml:outage",
-            1,
-            access_token=access,
-            expires_at=now + lifetime,
-            obtained_at=now,
-            refresh_token=refresh_token,
-        ),
-        0,
+    # A 55-second token with 12 s left: a refresher wants it refreshed (20 % of its lifetime
+    # before expiry) from now + 1 s, the manager itself only from now + 9.25 s.
+    record = Record(
+        "ml:outage",
+        1,
+        access_token=access,
+        expires_at=now + 12.0,
+        obtained_at=now - 43.0,
+        refresh_token=refresh_token,
     )
+    due = due_time(record)
+    assert due is not None and due == pytest.approx(now + 1.0)
+    assert store.compare_and_set(record, 0)
+    emu.access_lifetime = 2.0  # the tokens refreshed after the outage: the next is due soon
     manager = TokenManager("ml:outage", grant, store, lease_ttl=5.0)
     manager.token()
     refresher = Refresher(
@@ -455,11 +492,26 @@ def _outage_run(
         poll_interval=0.05,
         failure_pause=0.2,
     )
-    runner = threading.Thread(target=refresher.run, kwargs={"duration": 2.5 * lifetime})
+    runner = threading.Thread(target=refresher.run)
     with _Callers(manager, server.api_url) as callers:
-        runner.start()
-        outage()
-        runner.join()
+        _until("callers at work", lambda: callers.calls >= 20)
+        down()
+        runner.start()  # the refresher starts into the outage: nothing was refreshed before
+        calls = callers.calls
+        _until(
+            "the refresh to come due during the outage, callers calling on",
+            lambda: (
+                in_effect(refresher) and time.time() > due + 0.2 and callers.calls >= calls + 20
+            ),
+        )
+        up()
+        _until("the refresh after the outage", lambda: emu.counters["refreshes"] >= 1)
+        calls = callers.calls
+        _until("callers after the refresh", lambda: callers.calls >= calls + 20)
+    # Refreshes go on: the 2-second token refreshed after the outage comes due in 1.6 s.
+    _until("a further refresh", lambda: emu.counters["refreshes"] >= 2)
+    refresher.stop()
+    runner.join()
     refresher.close()
     manager.close()
     return callers, refresher.stats.snapshot()
@@ -467,8 +519,9 @@ def _outage_run(
 
 @pytest.mark.timeout(60)
 def test_redis_restart_during_run(tokenward_emulator: EmulatorServer, tmp_path: Path) -> None:
-    """A Redis server of our own (AOF, fsync always) is stopped for 1.5 s while callers and a
-    refresher run: callers with valid tokens never notice, refreshes resume, nothing is lost."""
+    """A Redis server of our own (AOF, fsync always) is stopped while callers and a refresher
+    run, and stays down until the refresher has met the outage with the credential's refresh
+    due: callers with valid tokens never notice, refreshes resume, nothing is lost."""
     require("redis")
     if shutil.which("redis-server") is None:
         unreachable("redis-server is not installed")
@@ -478,15 +531,15 @@ def test_redis_restart_during_run(tokenward_emulator: EmulatorServer, tmp_path: 
     _start_redis(port, tmp_path)
     store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="outage:")
     emu = tokenward_emulator.emulator
-
-    def outage() -> None:
-        time.sleep(2.5)  # down from 2.5 s to ~4.1 s: the refresh due at 4.0 s waits for it
-        _stop_redis(port)
-        time.sleep(1.5)
-        _start_redis(port, tmp_path)
-
     try:
-        callers, stats = _outage_run(emu, tokenward_emulator, store, outage, lifetime=5.0)
+        callers, stats = _outage_run(
+            emu,
+            tokenward_emulator,
+            store,
+            lambda: _stop_redis(port),
+            lambda refresher: refresher.stats.snapshot()["store_errors"] > 0,
+            lambda: _start_redis(port, tmp_path),
+        )
         record = store.load("ml:outage")
     finally:
         store.close()
@@ -500,8 +553,9 @@ def test_redis_restart_during_run(tokenward_emulator: EmulatorServer, tmp_path: 
 
 @pytest.mark.timeout(60)
 def test_postgres_connections_killed_during_run(tokenward_emulator: EmulatorServer) -> None:
-    """Every connection of this store is terminated again and again for 2 s (the server itself
-    stays up: other tests share it): callers keep working, refreshes resume, nothing is lost."""
+    """Every connection of this store is terminated again and again (the server itself stays
+    up: other tests share it) until the credential's refresh has come due: callers keep
+    working, refreshes resume, nothing is lost."""
     require("postgres")
     import psycopg
     from psycopg import sql
@@ -514,27 +568,34 @@ def test_postgres_connections_killed_during_run(tokenward_emulator: EmulatorServ
     store = PostgresStore(url, schema=schema)
     emu = tokenward_emulator.emulator
     killed = 0
+    over = threading.Event()
 
-    def outage() -> None:
+    def kill_loop() -> None:
         nonlocal killed
-        # Connections die from 1.4 s to 3.4 s: the refresher's refresh is due at 3.2 s, and the
-        # callers' token stays usable until 3.96 s.
-        time.sleep(1.4)
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            ends = time.time() + 2.0
-            while time.time() < ends:
+            while not over.is_set():
                 rows = conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     "WHERE application_name = %s AND pid <> pg_backend_pid()",
                     (app,),
                 ).fetchall()
                 killed += len(rows)
-                time.sleep(0.05)
+                over.wait(0.05)
+
+    killer = threading.Thread(target=kill_loop)
+
+    def up() -> None:
+        over.set()
+        killer.join()
 
     try:
-        callers, stats = _outage_run(emu, tokenward_emulator, store, outage, lifetime=4.0)
+        callers, _stats = _outage_run(
+            emu, tokenward_emulator, store, killer.start, lambda _refresher: killed > 0, up
+        )
         record = store.load("ml:outage")
     finally:
+        if killer.is_alive():
+            up()
         store.close()
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
@@ -543,7 +604,6 @@ def test_postgres_connections_killed_during_run(tokenward_emulator: EmulatorServ
     assert record is not None and record.state == "ok" and record.refresh_token is not None
     assert emu.is_refresh_token_valid(record.refresh_token)
     assert record.refresh_count >= 2 and emu.counters["invalid_grant"] == 0
-    del stats
 
 
 # --- the due-queue contract on every store ---------------------------------------------------
