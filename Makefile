@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest browser demo bench soak clean cli-reference docs-tools
+.PHONY: test lint typecheck pytest browser demo bench soak fuzz clean cli-reference docs-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ bench: $(STAMP)
 # The issue's 10-minute soak (64 workers, 1-second tokens): 0 failures, RSS within 5 %.
 soak: $(STAMP)
 	$(BIN)/python bench/run.py --only soak --soak-duration 600
+
+# schemathesis over the broker's OpenAPI document with many more cases per operation than
+# `make test` runs (tests/test_broker_schema.py; 0 failures expected).
+fuzz: $(STAMP)
+	TOKENWARD_FUZZ_EXAMPLES=$${TOKENWARD_FUZZ_EXAMPLES:-500} $(BIN)/pytest -q -p no:cacheprovider \
+	    tests/test_broker_schema.py tests/test_broker_hostile.py
 
 # docs/cli.md's command reference, regenerated from the CLI (tests/test_cli_reference.py checks it).
 cli-reference: $(STAMP)

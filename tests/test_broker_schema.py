@@ -10,6 +10,7 @@ type and the declared body schema.
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,9 @@ from tokenward.testing import TEST_API_KEY, TEST_CLIENT_ID, TEST_CLIENT_SECRET
 from tokenward.testing.emulator import Emulator
 from tokenward.testing.server import EmulatorServer
 
-pytestmark = pytest.mark.timeout(120)
-
-MAX_EXAMPLES = 25
+#: Per operation; `make fuzz` runs many more (TOKENWARD_FUZZ_EXAMPLES).
+MAX_EXAMPLES = int(os.environ.get("TOKENWARD_FUZZ_EXAMPLES", "25"))
+pytestmark = pytest.mark.timeout(120 + MAX_EXAMPLES * 5)
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -171,3 +172,27 @@ def test_broker_conforms_to_its_openapi_document(broker: BrokerServer) -> None:
     # The key got the requests past authentication: every operation answered with success.
     missed = [label for label, statuses in seen.items() if not any(c < 300 for c in statuses)]
     assert not missed, f"no successful answer from {missed}: {seen}"
+
+
+def test_the_document_names_the_configured_credentials_and_every_status(
+    broker: BrokerServer,
+) -> None:
+    """Credential names are enums of the configured ones (a fuzzer generates real names), and
+    every authenticated operation declares the guard's statuses in the error shape."""
+    document = httpx2.get(f"{broker.url}/openapi.json", timeout=10).json()
+    names = ["api", "avatar"]
+    body = document["components"]["schemas"]["SessionIn"]["properties"]["credential"]
+    assert body["enum"] == names
+    checked = 0
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path" and parameter["name"] in ("name", "credential"):
+                    assert parameter["schema"]["enum"] == names, (path, parameter)
+            if path.startswith("/v1/") and "default" not in operation["responses"]:
+                for status in ("400", "401", "403", "413", "429", "500"):
+                    answer = operation["responses"][status]
+                    schema = answer["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (path, status)
+                checked += 1
+    assert checked >= 6

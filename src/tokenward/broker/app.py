@@ -48,8 +48,9 @@ from .accesslog import QueryStringFilter
 from .auth import BrokerError, ClientRegistry
 from .config import BrokerConfig, ClientEntry, Limits, load_broker
 from .errors import ErrorOut, credential_error, described
-from .guard import PROXY_PREFIX, Guard, client_of
+from .guard import PROXY_PREFIX, Guard, client_of, is_public
 from .metrics import BrokerMetrics, EventCounter
+from .openapi import exact_openapi
 from .paths import UnsafePath, join_upstream, upstream_path
 from .proxy import (
     BodyTooLarge,
@@ -479,6 +480,7 @@ def create_app(
     app.state.broker = state
     errors.install(app)
     _routes(app, state)
+    exact_openapi(app, state.credentials, is_public)
     # The guard inside CORS: its refusals (401, 429, ...) carry CORS headers, so a page can
     # read them; preflights are answered before the guard (they carry no key).
     app.add_middleware(
