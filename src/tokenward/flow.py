@@ -341,6 +341,11 @@ def _refused(
     raise error from None
 
 
+def _kept_extra(source: Source, rec: Record) -> dict[str, Any]:
+    """The record's configuration entries that outlive a refresh (`Source.kept_extra`)."""
+    return {name: rec.extra[name] for name in source.kept_extra if name in rec.extra}
+
+
 def _commit(ctx: FlowContext, rec: Record | None, grant: Token, started: float) -> Flow:
     """Invariant 2: the new record (with any rotated refresh token) is durably stored before
     the token is handed to anyone. A compare-and-set conflict (our lease expired while the
@@ -353,7 +358,7 @@ def _commit(ctx: FlowContext, rec: Record | None, grant: Token, started: float) 
         refresh_token=grant.refresh_token or base.refresh_token,
         scope=grant.scope or base.scope,
         obtained_at=grant.obtained_at,
-        extra=dict(grant.extra),
+        extra={**_kept_extra(ctx.source, base), **grant.extra},
         state="ok",
         last_error=None,
         refresh_count=base.refresh_count + 1,

@@ -54,10 +54,14 @@ class Source:
     `needs_record`: the source can only work from a stored record (a refresh token); without
     one the credential must be seeded first. `rotating`: a successful call may invalidate the
     stored secret (single-use refresh tokens), which makes lost answers dangerous.
+    `kept_extra`: entries of the record's `extra` that are configuration stored beside the
+    grant (an MCP client's registration, its token endpoint) rather than parts of a token
+    answer; a refresh keeps them instead of replacing `extra` with the answer's fields.
     """
 
     needs_record: bool = False
     rotating: bool = False
+    kept_extra: frozenset[str] = frozenset()
 
     def describe(self) -> str:
         """A secret-free one-line description for status displays."""
