@@ -91,7 +91,11 @@ def _echo_handler(echo: Echo) -> type[BaseHTTPRequestHandler]:
             with echo.lock:
                 echo.seen.append(Seen(self.command, self.path, list(self.headers.items()), body))
             answer = json.dumps({"method": self.command, "path": self.path}).encode()
-            self.send_response(200)
+            if self.path.startswith("/redirect"):
+                self.send_response(302)
+                self.send_header("Location", "http://evil.example.com/steal")
+            else:
+                self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
@@ -408,6 +412,22 @@ def test_a_chunked_body_over_the_cap_is_cut_off(env: Env) -> None:
     assert answer.status == 413 and answer.error()["error"] == "body_too_large"
 
 
+def test_the_proxy_takes_bodies_up_to_its_own_cap(env: Env) -> None:
+    """The proxy's cap is max_body_bytes (1 MB here), not the 16 KiB of other routes; above
+    it, 413 before the body is read."""
+    with env.http() as http:
+        answer = http.post("/v1/proxy/echo/items", content=b"y" * 100_000)
+    assert answer.status_code == 200 and len(env.echo.last().body) == 100_000
+    head = _head(
+        "POST",
+        "/v1/proxy/echo/items",
+        f"Authorization: Bearer {env.key}",
+        f"Content-Length: {HUGE}",
+    )
+    refused = flood(env, head, HUGE, "127.0.0.1")
+    assert refused.status == 413 and refused.error()["error"] == "body_too_large"
+
+
 # -- 2. framing ------------------------------------------------------------------------------------
 def test_transfer_encoding_with_content_length_is_refused(env: Env) -> None:
     before = env.echo.count()
@@ -455,6 +475,7 @@ def test_a_chunked_proxy_body_reaches_the_upstream_with_its_own_framing(env: Env
         "/v1/proxy/echo/items/%252e%252e/admin",
         "/v1/proxy/echo/items/..%5cadmin",
         "/v1/proxy/echo/items/%00",
+        "/v1/proxy/echo/items%0d%0aX-Injected:%20yes",
         "/v1/proxy/echo//evil.example.com/x",
         "/v1/proxy/echo/http://evil.example.com/x",
     ],
@@ -465,6 +486,41 @@ def test_path_tricks_are_refused(env: Env, path: str) -> None:
     assert answer.status in (400, 404), (path, answer)
     assert answer.error()["error"] in {"unsafe_path", "not_found", "bad_request", "bad_path"}
     assert env.echo.count() == before, f"{path} reached the upstream"
+
+
+def test_two_authorization_headers_are_refused(env: Env) -> None:
+    head = _head(
+        "GET",
+        "/v1/proxy/echo/items",
+        f"Authorization: Bearer {env.key}",
+        f"Authorization: Bearer {env.narrow_key}",
+    )
+    answer = raw(env, head, source="127.0.0.4")
+    assert answer.status == 400 and answer.error()["error"] == "bad_request"
+
+
+def test_oversized_headers_never_reach_the_upstream(env: Env) -> None:
+    before = env.echo.count()
+    head = _head(
+        "GET", "/v1/proxy/echo/items", f"Authorization: Bearer {env.key}", "X-Big: " + "a" * 200_000
+    )
+    with _connect(env, "127.0.0.1") as sock:
+        try:
+            sock.sendall(head)
+            answer: Raw | None = _read_answer(sock)
+        except (ConnectionResetError, BrokenPipeError, IndexError, ValueError):
+            answer = None  # the connection was dropped: refused too
+    assert answer is None or answer.status in (400, 413, 431), answer
+    assert env.echo.count() == before
+
+
+def test_redirects_are_passed_back_not_followed(env: Env) -> None:
+    before = env.echo.count()
+    with env.http() as http:
+        answer = http.get("/v1/proxy/echo/redirect")
+    assert answer.status_code == 302
+    assert answer.headers["location"] == "http://evil.example.com/steal"
+    assert env.echo.count() == before + 1  # one request upstream, none to the new location
 
 
 def test_method_override_headers_are_stripped(env: Env) -> None:

@@ -11,7 +11,7 @@ declaring anything:
   answered 401/403/429 without its body being read. The client found is left in the scope
   (`CLIENT_SCOPE_KEY`) for the routes;
 - **failed authentication is limited** per source address and globally (`broker.lockout`);
-- **body caps**: the proxy's `max_body_bytes`, every other route's `max_request_bytes`, refused
+- **body caps**: proxy routes' `max_body_bytes`, every other route's `max_request_bytes`, refused
   with 413 at once when `Content-Length` says so, else as soon as the stream exceeds the cap.
 
 Why a middleware and not a FastAPI dependency: FastAPI reads and parses a route's body before it
@@ -31,7 +31,15 @@ from .auth import BrokerError, ClientRegistry
 from .config import ClientEntry, Limits
 from .lockout import FailedAuthLimiter
 
-__all__ = ["CLIENT_SCOPE_KEY", "PROXY_PREFIX", "PUBLIC_PATHS", "Guard", "client_of"]
+__all__ = [
+    "CLIENT_SCOPE_KEY",
+    "PROXY_PREFIX",
+    "PUBLIC_PATHS",
+    "Guard",
+    "client_of",
+    "is_proxied",
+    "is_public",
+]
 
 #: Where the authenticated `ClientEntry` is kept in the ASGI scope.
 CLIENT_SCOPE_KEY = "tokenward.client"
@@ -58,6 +66,12 @@ def is_public(path: str) -> bool:
     return any(
         path == p.rstrip("/") or (p.endswith("/") and path.startswith(p)) for p in PUBLIC_PATHS
     )
+
+
+def is_proxied(path: str) -> bool:
+    """A route that relays its body upstream (`/v1/proxy/...`, `/v1/sessions/{id}/proxy/...`):
+    its cap is `max_body_bytes`, and it counts a chunked stream itself."""
+    return path.startswith("/v1/") and "/proxy/" in path
 
 
 def client_of(scope: Scope) -> ClientEntry:
@@ -101,17 +115,14 @@ class Guard:
             length, chunked = _framing(scope["headers"])
             if not is_public(path):
                 scope[CLIENT_SCOPE_KEY] = self._authenticate(scope)
-            cap = (
-                self.limits.max_body_bytes
-                if path.startswith(PROXY_PREFIX)
-                else self.limits.max_request_bytes
-            )
+            proxied = is_proxied(path)
+            cap = self.limits.max_body_bytes if proxied else self.limits.max_request_bytes
             if length is not None and length > cap:
                 raise BrokerError(413, "body_too_large", f"the body exceeds {cap} bytes")
         except BrokerError as exc:
             await self.respond(exc)(scope, receive, send)
             return
-        if chunked and not path.startswith(PROXY_PREFIX):  # the proxy counts its own stream
+        if chunked and not proxied:  # a proxy route counts its own stream
             receive = _capped(receive, cap)
         await self.app(scope, receive, send)
 
