@@ -3,12 +3,14 @@
 start time), does its work and prints one JSON line with its results (fingerprints only).
 
 Commands: `storm` (asyncio tasks meet one expired token), `refresher` (a Refresher process for a
-while), `slow-refresh` (forces one refresh; the parent SIGKILLs it mid-request).
+while), `slow-refresh` (forces one refresh; the parent SIGKILLs it mid-request). Also imported
+by test_scale.py and bench/scale.py: seeding many credentials and reading the provider's log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import sys
@@ -22,8 +24,8 @@ import httpx2
 from tokenward.manager import TokenManager
 from tokenward.refresher import Refresher
 from tokenward.sources.oauth2 import RefreshTokenGrant
-from tokenward.stores.base import Store
-from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET
+from tokenward.stores.base import Record, Store
+from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET, fingerprint
 
 
 def open_store(cfg: dict[str, Any]) -> Store:
@@ -102,7 +104,12 @@ def refresher(cfg: dict[str, Any]) -> dict[str, Any]:
         lease_ttl=cfg.get("lease_ttl", 5.0),
     )
     at = float(_ready())
-    threading.Thread(target=lambda: (sys.stdin.readline(), worker.stop()), daemon=True).start()
+
+    def stop_on_request() -> None:
+        if sys.stdin.readline().strip() == "stop":  # end of input alone is no request
+            worker.stop()
+
+    threading.Thread(target=stop_on_request, daemon=True).start()
     time.sleep(max(0.0, at - time.time()))
     try:
         worker.run(duration=cfg["duration"])
@@ -119,6 +126,73 @@ def slow_refresh(cfg: dict[str, Any]) -> dict[str, Any]:
     _ready()
     token = mgr.refresh()
     return {"pid": os.getpid(), "version": token.version}
+
+
+def seed_many(store: Store, emu: Any, count: int, lifetime: float) -> tuple[dict[str, str], float]:
+    """`count` credentials whose first expiries are spread over one lifetime, starting one
+    lifetime after the seeding ends: key -> fingerprint of its seed refresh token, and that
+    start. (Written twice: first not due, so that no refresh starts while seeding goes on.)"""
+    seeds: dict[str, str] = {}
+    records: list[Record] = []
+    first_pass = time.time()
+    for i in range(count):
+        key = f"ml:seller-{i:05d}"
+        refresh_token = emu.issue_refresh_token(TEST_CLIENT_ID)
+        record = Record(
+            key,
+            1,
+            access_token=f"seed-{i}",
+            expires_at=time.time() + 3600,
+            obtained_at=time.time(),
+            refresh_token=refresh_token,
+        )
+        assert store.compare_and_set(record, 0)
+        records.append(record)
+        seeds[key] = fingerprint(refresh_token)
+    base = time.time() + 0.5 + (time.time() - first_pass)  # the second pass takes as long
+    for i, record in enumerate(records):
+        expires_at = base + lifetime * (1 + i / count)
+        assert store.compare_and_set(
+            record.successor(expires_at=expires_at, obtained_at=expires_at - lifetime), 1
+        )
+    return seeds, base
+
+
+def chains(seeds: dict[str, str], log: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each credential's rotation chain in the provider's refresh log, from its seed token."""
+    by_old = {entry["old"]: entry for entry in log}
+    found: dict[str, list[dict[str, Any]]] = {}
+    for key, seed in seeds.items():
+        chain, old = [], seed
+        while old in by_old and len(chain) <= len(log):
+            chain.append(by_old[old])
+            old = by_old[old]["new"]
+        found[key] = chain
+    return found
+
+
+def timeline(
+    chains: dict[str, list[dict[str, Any]]], base: float, lifetime: float, ended: float
+) -> dict[str, Any]:
+    """What the provider's log says of timing, for credentials seeded by `seed_many`: `twice`
+    (two refreshes for one expiry: the next is due 80 % of a lifetime after the previous one
+    was sent, so half a lifetime apart leaves a request 30 % of a lifetime in transit), `late`
+    (refreshed only after the token it replaced had expired; `worst` seconds at most), `missed`
+    (an expiry before `ended` - 0.5 s that got no refresh)."""
+    twice, late, missed, worst = 0, 0, 0, 0.0
+    count = len(chains)
+    for key, chain in chains.items():
+        i = int(key.rsplit("-", 1)[1])
+        times = [entry["time"] for entry in chain]
+        twice += sum(1 for a, b in itertools.pairwise(times) if b - a < lifetime / 2)
+        deadlines = [base + lifetime * (1 + i / count)] + [t + lifetime for t in times]
+        for t, deadline in zip(times, deadlines, strict=False):
+            if t > deadline:
+                late += 1
+                worst = max(worst, t - deadline)
+        if deadlines[len(times)] < ended - 0.5:
+            missed += 1
+    return {"twice": twice, "late": late, "worst_late": worst, "missed": missed}
 
 
 COMMANDS = {"storm": storm, "refresher": refresher, "slow-refresh": slow_refresh}

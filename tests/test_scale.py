@@ -9,7 +9,6 @@ as plain subprocesses. `TOKENWARD_SCALE_FULL=1` runs the issue's full size (10,0
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -166,56 +165,13 @@ def test_storm_of_processes_refreshes_once(
 # --- 2. many credentials, 3 refresher processes ---------------------------------------------
 
 
-def _seed_many(store: Store, emu: Any, count: int, lifetime: float) -> tuple[dict[str, str], float]:
-    """`count` credentials whose first expiries are spread over one lifetime, starting one
-    lifetime after the seeding ends: key -> fingerprint of its seed refresh token, and that
-    start. (Written twice: first not due, so that no refresh starts while seeding goes on.)"""
-    seeds: dict[str, str] = {}
-    records: list[Record] = []
-    first_pass = time.time()
-    for i in range(count):
-        key = f"ml:seller-{i:05d}"
-        refresh_token = emu.issue_refresh_token(TEST_CLIENT_ID)
-        record = Record(
-            key,
-            1,
-            access_token=f"seed-{i}",
-            expires_at=time.time() + 3600,
-            obtained_at=time.time(),
-            refresh_token=refresh_token,
-        )
-        assert store.compare_and_set(record, 0)
-        records.append(record)
-        seeds[key] = fingerprint(refresh_token)
-    base = time.time() + 0.5 + (time.time() - first_pass)  # the second pass takes as long
-    for i, record in enumerate(records):
-        expires_at = base + lifetime * (1 + i / count)
-        assert store.compare_and_set(
-            record.successor(expires_at=expires_at, obtained_at=expires_at - lifetime), 1
-        )
-    return seeds, base
-
-
-def _chains(seeds: dict[str, str], log: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Each credential's rotation chain in the provider's refresh log, from its seed token."""
-    by_old = {entry["old"]: entry for entry in log}
-    chains: dict[str, list[dict[str, Any]]] = {}
-    for key, seed in seeds.items():
-        chain, old = [], seed
-        while old in by_old and len(chain) <= len(log):
-            chain.append(by_old[old])
-            old = by_old[old]["new"]
-        chains[key] = chain
-    return chains
-
-
 def _wait_for_rounds(emu: Any, seeds: dict[str, str], rounds: int, timeout: float) -> None:
     """Block until the provider has seen every credential refreshed `rounds` times (its refresh
     log is the clock here: a busy machine only makes this take longer)."""
     deadline = time.monotonic() + timeout
     behind = len(seeds)
     while time.monotonic() < deadline:
-        chains = _chains(seeds, emu.refresh_log)
+        chains = scale_workers.chains(seeds, emu.refresh_log)
         behind = sum(1 for chain in chains.values() if len(chain) < rounds)
         if behind == 0:
             return
@@ -249,7 +205,7 @@ def test_refresher_processes_share_many_credentials(
     store = _open(cfg)
     procs = _spawn_many("refresher", cfg, 3)
     try:
-        seeds, base = _seed_many(store, emu, count, lifetime)
+        seeds, base = scale_workers.seed_many(store, emu, count, lifetime)
         started = time.time()
         _go(procs, str(started))
         _wait_for_rounds(emu, seeds, rounds, timeout=60 + rounds * lifetime * 4)
@@ -262,25 +218,12 @@ def test_refresher_processes_share_many_credentials(
     counters = emu.counters
     log = emu.refresh_log
     assert len({entry["old"] for entry in log}) == len(log)  # no refresh token presented twice
-    chains = _chains(seeds, log)
+    chains = scale_workers.chains(seeds, log)
     assert sum(len(chain) for chain in chains.values()) == len(log)  # nothing outside a chain
-    twice, late, worst = 0, 0, 0.0
-    for key, chain in chains.items():
-        i = int(key.rsplit("-", 1)[1])
-        expiry = base + lifetime * (1 + i / count)  # the seed token's expiry
-        times = [entry["time"] for entry in chain]
-        for previous, current in itertools.pairwise(times):
-            # The next refresh is due 80 % of a lifetime after the previous one was sent: half
-            # a lifetime apart leaves the previous request 30 % of a lifetime to be in transit.
-            if current - previous < lifetime / 2:
-                twice += 1  # two refreshes for one expiry
-        deadlines = [expiry] + [t + lifetime for t in times]
-        for t, deadline in zip(times, deadlines, strict=False):
-            if t > deadline:
-                late += 1  # reported only: lateness is a figure for `make bench`
-                worst = max(worst, t - deadline)
-    total = len(log)
     elapsed = time.time() - started
+    times = scale_workers.timeline(chains, base, lifetime, started + elapsed)
+    twice, late, worst = times["twice"], times["late"], times["worst_late"]
+    total = len(log)
     stats = [report["stats"] for report in reports]
     summary = (
         f"\nscale[{store_cfg['kind']}]: {count} credentials, lifetime {lifetime}s, {rounds} "
