@@ -102,6 +102,31 @@ def checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
                 f"{soak['rss_growth'] * 100:+.1f} %",
             )
         )
+    mcp = results.get("mcp")
+    if mcp:
+        ours = next(row for row in mcp["rows"] if row["peer"] == "tokenward")
+        out.append(
+            (
+                "mcp: 4 agent processes, tokenward fails 0 tool calls",
+                ours["failed"] == 0,
+                f"{ours['failed']} of {ours['calls']} failed",
+            )
+        )
+        out.append(
+            (
+                f"mcp: tokenward <= {STORM_TARGET} refreshes per expiry",
+                ours["refreshes_per_expiry"] <= STORM_TARGET,
+                f"{ours['refreshes_per_expiry']:.3f}",
+            )
+        )
+        out.append(
+            (
+                "mcp: the grant survives (no reused refresh token)",
+                ours["grant_alive"] and ours["reuse_detected"] == 0,
+                f"{ours['invalid_grant']} invalid_grant, "
+                f"grant {'alive' if ours['grant_alive'] else 'REVOKED'}",
+            )
+        )
     return out
 
 
@@ -532,10 +557,54 @@ def _soak_section(soak: dict[str, Any]) -> list[str]:
     ]
 
 
+#: How the MCP peers are named on the page.
+MCP_PEERS = {
+    "sdk": "mcp SDK `OAuthClientProvider` + file storage",
+    "sdk-expiry": "the same, told the stored expiry (fastmcp's fix)",
+    "tokenward": "tokenward `McpOAuth` + SQLite store",
+}
+
+
+def _mcp_section(mcp: dict[str, Any]) -> list[str]:
+    first = mcp["rows"][0]
+    lines = [
+        "## 6. MCP agents",
+        "",
+        f"{first['processes']} agent processes, each with one `mcp` SDK `Client` session "
+        f"(streamable HTTP) and {first['concurrency']} concurrent tool-call loops, share one "
+        "user's grant on a real MCP server (the SDK's `MCPServer` and authorization-server "
+        f"routes, `tokenward.testing.mcp`): {first['lifetime']:g}-second access tokens, refresh "
+        "tokens rotated on every use, a rotated refresh token presented again revokes the "
+        "grant. Each peer gets its own server and login, then runs for the time shown "
+        "(`bench/mcp_agents.py`).",
+        "",
+        "| peer | seconds | tool calls | failed | refreshes per expiry | invalid_grant | "
+        "reuse detected | grant at the end |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in mcp["rows"]:
+        lines.append(
+            f"| {MCP_PEERS.get(row['peer'], row['peer'])} | {row['duration']:g} | {row['calls']} "
+            f"| {row['failed']} | {row['refreshes_per_expiry']:.3f} | {row['invalid_grant']} | "
+            f"{row['reuse_detected']} | {'alive' if row['grant_alive'] else 'revoked'} |"
+        )
+    lines += [
+        "",
+        "The SDK's provider reads its storage once per process and refreshes on its own: as "
+        "shipped, a process that starts from stored tokens does not know their expiry and "
+        "only meets a 401, which starts a browser login no worker can finish; told the expiry, "
+        "every process refreshes with the same refresh token, the server sees it reused and "
+        "revokes the grant. Failed calls of the SDK peers include the sessions that broke and "
+        "were reopened.",
+    ]
+    return lines
+
+
 def _parts_dates(results: dict[str, Any]) -> list[str]:
     """When parts were measured at different times (`--only` merges into latest.json)."""
     dates = results.get("parts_dates", {})
-    shown = [part for part in ("hot", "storm", "broker", "stores", "soak") if results.get(part)]
+    parts = ("hot", "storm", "broker", "stores", "soak", "mcp")
+    shown = [part for part in parts if results.get(part)]
     if len({dates.get(part) for part in shown}) <= 1:
         return []
     return [
@@ -610,6 +679,7 @@ def write(results: dict[str, Any], page: Path) -> None:
         ("broker", lambda r: _broker_section(r["broker"], r.get("broker_instructions"))),
         ("stores", lambda r: _stores_section(r["stores"])),
         ("soak", lambda r: _soak_section(r["soak"])),
+        ("mcp", lambda r: _mcp_section(r["mcp"])),
     ]
     for name, render in sections:
         if results.get(name):

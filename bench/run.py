@@ -1,6 +1,6 @@
 """`make bench` / `make soak`: tokenward against its peers, measured side by side in one run.
 
-    python bench/run.py                       # hot, storm, broker, stores, a 60 s soak; the docs
+    python bench/run.py                       # hot, storm, broker, stores, soak, mcp; the docs
     python bench/run.py --only hot,broker     # some parts (results merge into latest.json)
     python bench/run.py --only soak --soak-duration 600   # `make soak`
     python bench/run.py --quick --no-docs     # seconds: does the harness work? (the smoke test)
@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable (also 
 from bench import report
 from bench.common import ROOT, machine
 
-PARTS = ("hot", "storm", "broker", "stores", "soak")
+PARTS = ("hot", "storm", "broker", "stores", "soak", "mcp")
 PEER_PACKAGES = (
     "httpx2",
     "httpx",
@@ -40,6 +40,7 @@ PEER_PACKAGES = (
     "httpx-auth",
     "redis",
     "psycopg",
+    "mcp",
 )
 
 
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--storm-duration", type=float, default=None, help="seconds per run")
     parser.add_argument("--soak-duration", type=float, default=None, help="seconds")
+    parser.add_argument("--mcp-duration", type=float, default=None, help="seconds per peer")
     parser.add_argument("--storm-configs", default=None, help="e.g. async:10,threads:8")
     parser.add_argument("--peers", default=None, help="storm peers, comma-separated")
     parser.add_argument(
@@ -75,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     parts = [part.strip() for part in args.only.split(",") if part.strip()]
+    if args.quick and args.only == ",".join(PARTS):
+        # tests/test_mcp.py runs the MCP agents' harness already: a quick run of every part
+        # (the smoke test) leaves its process spawning out unless `--only mcp` asks for it.
+        parts.remove("mcp")
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         _parser().error(f"unknown parts: {', '.join(unknown)}")
@@ -172,6 +178,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             f"({row['rss_growth'] * 100:+.1f} %)"
         )
         results["timings"]["soak"] = time.monotonic() - started
+    if "mcp" in parts:
+        from bench import mcp_agents
+
+        duration = args.mcp_duration or (3.0 if quick else 60.0)
+        say(f"mcp agents ({duration:g} s per peer) ...")
+        started = time.monotonic()
+        results["mcp"] = mcp_agents.run(duration=duration, lifetime=2.0, progress=say)
+        results["timings"]["mcp"] = time.monotonic() - started
     return _save(results, args, parts)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -236,3 +237,29 @@ async def test_store_token_storage_with_the_sdks_own_provider(server, tmp_path: 
     assert again is not None and again.access_token == tokens.access_token
     assert again.refresh_token == tokens.refresh_token
     assert (await reopened.get_client_info()) == info
+
+
+def test_four_agent_processes_share_one_grant_side_by_side_with_the_sdk():
+    """The issue's proof, short: 4 agent processes x 4 concurrent tool calls on one user's
+    grant. The SDK's own provider (file storage, told the stored expiry as fastmcp does) spends
+    the rotating refresh token in several processes and the server revokes the grant; with
+    tokenward every call succeeds, one refresh per expiry, and the grant stays alive. Each run
+    ends on the server's counters (4 refreshes, or the grant revoked), not on a clock."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench import mcp_agents
+
+    sdk = mcp_agents.run_peer("sdk-expiry", duration=60, lifetime=2.0, until_refreshes=4)
+    ours = mcp_agents.run_peer("tokenward", duration=60, lifetime=2.0, until_refreshes=4)
+
+    assert sdk["reuse_detected"] >= 1 and sdk["invalid_grant"] >= 1, sdk
+    assert not sdk["grant_alive"] and sdk["failed"] > 0, sdk
+
+    assert ours["failed"] == 0 and ours["ok"] > 0, ours
+    assert ours["invalid_grant"] == 0 and ours["reuse_detected"] == 0, ours
+    assert ours["grant_alive"], ours
+    assert ours["refreshes"] >= 4
+    # One refresh per expiry: at most 5 % more refreshes than token lifetimes elapsed (+1 for
+    # the refresh that ended the run).
+    assert ours["refreshes"] <= 1.05 * ours["lifetimes"] + 1, ours

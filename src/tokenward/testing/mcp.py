@@ -285,6 +285,7 @@ class McpTestServer:
         provider = self.provider
         mcp: MCPServer[Any] = MCPServer(
             "tokenward-test",
+            log_level="WARNING",  # MCPServer configures the root logger when it has no handler
             auth_server_provider=provider,  # type: ignore[arg-type] # no identity assertions
             auth=AuthSettings(
                 issuer_url=self.base_url,  # type: ignore[arg-type]
