@@ -75,7 +75,8 @@ def test_every_figure_is_the_providers_own_count() -> None:
     assert ours.failed == 0 and ours.invalid_grant == 0 and ours.env_token_valid
     # One refresh per lifetime for all processes together, plus at most one per injected 401
     # (a 401 on the current token means it was revoked: tokenward refreshes, then replays).
-    assert 3 - 1 <= ours.refreshes <= 3 + 1 + 3
+    assert ours.expiries >= 3
+    assert ours.expiries - 1 <= ours.refreshes <= ours.expiries + 1 + 3
     assert (ours.cooldown_races, ours.stale_from_other_process, ours.env_rollbacks) == (0, 0, 0)
 
     # The hand-made side: several processes spend the same refresh token at the first expiry.
@@ -151,6 +152,7 @@ def _side(name: str, **changes: object) -> SideOutcome:
     base = SideOutcome(
         side=name,
         requests=100,
+        expiries=10,
         ok=100,
         failed=0,
         token_calls=10,

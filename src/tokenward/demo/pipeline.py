@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -74,6 +75,8 @@ def main(argv: list[str]) -> int:
     line = sys.stdin.readline().split()
     if len(line) != 2 or line[0] != "go":
         return 2
+    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)  # the log file
+    logging.getLogger("tokenward").setLevel(logging.INFO)  # tokenward's events, for diagnosis
     helpers = importlib.import_module(SIDES[side])  # loads ./.env, written just before "go"
     schedule = Schedule(float(line[1]), float(duration), float(rate), int(workers))
     first = int(index) * int(threads)

@@ -111,9 +111,11 @@ class Provider:
         first = self.emulator.issue_refresh_token(self.client_id)
         form = {"grant_type": "refresh_token", "refresh_token": first}
         form |= {"client_id": self.client_id, "client_secret": self.client_secret}
+        sent = time.monotonic()
         response = httpx2.post(self.server.token_url, data=form, timeout=10)
         response.raise_for_status()
         body: dict[str, Any] = response.json()
+        body["sent_at"] = sent  # the token's lifetime runs from here at the latest
         return body
 
 
@@ -161,10 +163,13 @@ class Side:
         self.env_trail: list[str] = []
         self.first_fingerprint = ""
         self.kill: Kill | None = None
+        #: When the login's token request was sent (`time.monotonic()`).
+        self.logged_in_at = 0.0
 
     def prepare(self, config: DemoConfig) -> None:
         """Log in and write `.env`: the same file for both sides (tokenward seeds its expiry)."""
         tokens = self.provider.login()
+        self.logged_in_at = tokens["sent_at"]
         self.first_fingerprint = fingerprint(tokens["refresh_token"])
         server = self.provider.server
         self.env_file.write_text(
@@ -190,7 +195,7 @@ class Side:
             manager.seed(
                 refresh_token=tokens["refresh_token"],
                 access_token=tokens["access_token"],
-                expires_in=config.lifetime,
+                expires_in=tokens["expires_in"] - (time.monotonic() - tokens["sent_at"]),
             )
 
     def spawn(self, config: DemoConfig, duration: float) -> None:
@@ -288,6 +293,9 @@ class SideOutcome:
 
     side: str
     requests: int
+    #: Access-token lifetimes from the login to the last request's due time: each one needs a
+    #: refresh.
+    expiries: int
     ok: int
     failed: int
     token_calls: int
@@ -339,7 +347,7 @@ def env_rollbacks(trail: list[str], first: str, grant_log: list[dict[str, Any]])
 
 
 def outcome(
-    side: Side, config: DemoConfig, requests: int, reports: list[dict[str, Any]]
+    side: Side, config: DemoConfig, schedule: Schedule, reports: list[dict[str, Any]]
 ) -> SideOutcome:
     """The side's figures: counters and grant log from its emulator, the `.env` it left."""
     emulator = side.provider.emulator
@@ -355,9 +363,10 @@ def outcome(
         reported.update(report["tally"])
     return SideOutcome(
         side=side.name,
-        requests=requests,
+        requests=schedule.total,
+        expiries=int((schedule.start + schedule.duration - side.logged_in_at) // config.lifetime),
         ok=counters["api_ok"],
-        failed=requests - counters["api_ok"],
+        failed=schedule.total - counters["api_ok"],
         token_calls=counters["token_requests"],
         refreshes=counters["refreshes"],
         invalid_grant=counters["invalid_grant"],
@@ -456,7 +465,7 @@ class Act:
         for killer in killers:
             killer.join()
         reports = {side.name: side.finish(30.0) for side in sides}
-        result = {s.name: outcome(s, config, schedule.total, reports[s.name]) for s in sides}
+        result = {s.name: outcome(s, config, schedule, reports[s.name]) for s in sides}
         return ActResult(self.name, self.duration, result)
 
 
