@@ -89,8 +89,11 @@ class DemoConfig:
 
     @property
     def lease_ttl(self) -> float:
-        """tokenward's lease TTL (30 s by default), scaled the same way as the cooldown."""
-        return 10 * self.token_latency
+        """tokenward's lease TTL (30 s by default), scaled to one token lifetime so that act 2
+        fits in seconds. Not scaled like the cooldown: a lease must outlast scheduling delays,
+        not token calls (renewed every TTL/3, 0.25 s lost it on a 2-core machine at load 19,
+        and another process spent the same refresh token)."""
+        return self.lifetime
 
 
 # -- providers ----------------------------------------------------------------------------------
