@@ -131,7 +131,10 @@ def test_stop_is_fast_even_with_a_delayed_answer_in_flight() -> None:
 
     caller = threading.Thread(target=slow_call)
     caller.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while emu.counters["faults_injected"] == 0:  # the request is held at the provider
+        assert time.monotonic() < deadline, "the token request never reached the emulator"
+        time.sleep(0.01)
     started = time.monotonic()
     server.stop()
     caller.join(5)
@@ -571,10 +574,12 @@ def test_api_echo(emu: Emulator, http: Any) -> None:
 
 
 def test_api_401_after_expiry(emu: Emulator, http: Any) -> None:
-    emu.access_lifetime = 0.3
+    emu.access_lifetime = 60
     token = refresh(http, emu.issue_refresh_token(TEST_CLIENT_ID)).json()["access_token"]
     assert api_get(http, token).status_code == 200
-    time.sleep(0.4)
+    emu.advance(59)
+    assert emu.is_access_token_valid(token)  # the provider's clock alone decides
+    emu.advance(1)
     expired = api_get(http, token)
     assert expired.status_code == 401
     assert expired.json() == API_INVALID_TOKEN

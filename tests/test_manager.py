@@ -213,9 +213,11 @@ async def test_async_hot_path_does_no_io(
 def test_in_window_callers_get_the_valid_token_while_one_refresh_runs(
     emulator: Emulator, make_manager: Callable[..., TokenManager]
 ) -> None:
-    emulator.access_lifetime = 2
+    # A 30-second token in its refresh window from 0.3 s on: still usable for 29 s more, so a
+    # busy machine cannot push the callers below past its usable time.
+    emulator.access_lifetime = 30
     store = CountingStore(MemoryStore())
-    manager = make_manager(store, policy=RefreshPolicy(window_fraction=0.5))
+    manager = make_manager(store, policy=RefreshPolicy(window_fraction=0.99))
     login(manager, emulator)
     old = manager.token()
     time.sleep(max(manager.policy.refresh_at(old) - time.time(), 0) + 0.05)
@@ -251,9 +253,9 @@ def test_in_window_callers_get_the_valid_token_while_one_refresh_runs(
 async def test_in_window_async_callers_are_not_blocked(
     emulator: Emulator, make_manager: Callable[..., TokenManager]
 ) -> None:
-    emulator.access_lifetime = 2
+    emulator.access_lifetime = 30  # in its window from 0.3 s, usable for 29 s more
     store = CountingStore(MemoryStore())
-    manager = make_manager(store, policy=RefreshPolicy(window_fraction=0.5))
+    manager = make_manager(store, policy=RefreshPolicy(window_fraction=0.99))
     login(manager, emulator)
     old = await manager.atoken()
     await asyncio.sleep(max(manager.policy.refresh_at(old) - time.time(), 0) + 0.05)
@@ -434,19 +436,21 @@ def test_transient_failures_past_the_deadline(
 def test_valid_token_is_served_while_the_provider_fails(
     emulator: Emulator, make_manager: Callable[..., TokenManager]
 ) -> None:
-    emulator.access_lifetime = 2
+    emulator.access_lifetime = 30  # in its window from 0.3 s, usable for 29 s more
     manager = make_manager(
         MemoryStore(),
-        policy=RefreshPolicy(window_fraction=0.5),
+        policy=RefreshPolicy(window_fraction=0.99),
         retry=RetryPolicy(initial=0.01, deadline=0.2),
     )
     login(manager, emulator)
     old = manager.token()
     emulator.inject("503", times=1000)
     time.sleep(max(manager.policy.refresh_at(old) - time.time(), 0) + 0.05)
+    # At least 0.3 s, and until the background refresh has met the failing provider.
     end = time.monotonic() + 0.3
-    while time.monotonic() < end:
+    while time.monotonic() < end or emulator.counters["faults_injected"] == 0:
         assert manager.token().access_token == old.access_token
+        assert time.monotonic() < end + 20, "no background refresh reached the provider"
         time.sleep(0.01)
     # Failed background refreshes pause instead of hammering the provider.
     assert 1 <= emulator.counters["faults_injected"] < 100

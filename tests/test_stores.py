@@ -248,9 +248,11 @@ def test_leases(store: Store) -> None:
 
 
 def test_expired_lease_can_be_taken(store: Store) -> None:
-    assert store.acquire_lease("k", "a", 0.2)
-    assert not store.acquire_lease("k", "b", 0.2)
-    time.sleep(0.25)
+    # A 1-second lease: the next call comes well within it, even on a busy machine.
+    assert store.acquire_lease("k", "a", 1.0)
+    acquired = time.monotonic()  # the lease ends at the latest 1 s after this
+    assert not store.acquire_lease("k", "b", 1.0)
+    time.sleep(max(1.05 - (time.monotonic() - acquired), 0.0))
     assert not store.renew_lease("k", "a", 30)
     assert store.acquire_lease("k", "b", 30)
     assert not store.release_lease("k", "a")
