@@ -20,6 +20,7 @@ from tokenward.config import (
     load_preset,
     preset_names,
 )
+from tokenward.errors import SessionScoped
 from tokenward.sources import ApiKeyExchange, ClientCredentialsGrant, RefreshTokenGrant
 from tokenward.testing import TEST_API_KEY, TEST_CLIENT_ID, TEST_CLIENT_SECRET
 
@@ -245,8 +246,10 @@ async def test_credential_api_key_async(tmp_path: Path, tokenward_emulator: Any)
     )
     ml = tokenward.credential("avatar", config=path)
     assert isinstance(ml.manager.source, ApiKeyExchange)
-    token = await ml.atoken()
-    assert token.access_token and token.expires_at is not None
+    with pytest.raises(SessionScoped):  # a one-session token is never cached or stored
+        await ml.atoken()
+    async with ml.sessions().session() as s:  # one fresh token per session instead
+        assert s.token.access_token and s.token.expires_at is not None
     ml.close()
 
 

@@ -229,6 +229,7 @@ def broker_using_it(world: World, block: Block) -> None:
     world.map("http://127.0.0.1:8421", url)
     _run_console(world, block)
     assert emulator.counters["sessions_started"] >= 1 and emulator.counters["sessions_stopped"] >= 1
+    assert emulator.counters["tasks"] >= 1  # through the session-bound proxy
     world.broker = process  # its audit log: broker_audit_line
 
 

@@ -15,9 +15,11 @@ from tokenward import ApiKeyExchange, FunctionSource
 from tokenward.sessions import (
     HeyGenStreaming,
     SessionClosed,
+    SessionExpired,
     SessionHooks,
     Sessions,
     SessionState,
+    StopFailed,
     TokenReused,
 )
 from tokenward.testing import TEST_API_KEY
@@ -60,12 +62,16 @@ def test_three_sessions_get_three_distinct_tokens_each_accepted_once(
                 "/v1/streaming.task", json={"session_id": s.id, "text": f"hello {n}"}
             )
             assert task.status_code == 200
-            # the token is single-session: a second streaming.new with it is refused
-            assert s.client.post("/v1/streaming.new", json={}).status_code == 401
+            # the token is single-session: a second streaming.new with it is refused, and that
+            # is an exception (the session is over), never a silent 401
+            with pytest.raises(SessionExpired):
+                s.client.post("/v1/streaming.new", json={})
     assert len(set(tokens)) == 3
     counts = emulator.counters
     assert counts["session_token_requests"] == 3
     assert (counts["sessions_started"], counts["sessions_stopped"]) == (3, 3)
+    assert counts["session_tokens_reused"] == 3  # the three refused streaming.new above
+    assert counts["session_api_key_calls"] == 3  # each stop went with the API key
     assert emulator.open_sessions() == []
     assert not any(token in line for token in tokens for line in events.text)
     assert events.names.count("session.closed") == 3
@@ -218,7 +224,10 @@ def test_a_slow_stop_hook_is_bounded_by_the_stop_timeout() -> None:
         FunctionSource(lambda current: f"t{next(counter)}"), hooks=SlowStop(), stop_timeout=0.1
     )
     started = time.monotonic()
-    with sessions.session() as s:
+    with pytest.raises(StopFailed) as failed, sessions.session() as s:
         assert s.id is None
+    # bounded, and not reported as done: a later close() may try again
     assert time.monotonic() - started < 1.5
+    assert failed.value.pending and "no answer within 0.1 s" in str(failed.value)
+    assert not s.closed
     assert "Sessions('session'" in repr(sessions)

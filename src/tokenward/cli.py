@@ -437,11 +437,17 @@ def token(name: str, timeout: float | None, config_path: Path | None) -> None:
 
     config = _load(config_path)
     settings = config.credential_config(name)
+    if settings.session_scoped:  # minted for this call alone: never cached, never stored
+        from .sessions import mint
+
+        with _retry_progress():
+            options = _deadline(timeout)
+            minted = mint(settings.source(), name, retry=options.get("retry"))
+        click.echo(minted.access_token)
+        return
     manager = settings.manager(config.store_for(settings), **_deadline(timeout))
     with Credential(settings, manager) as cred, _retry_progress():
-        session_scoped = cred.config.settings.get("session_scoped", False)
-        issued = cred.manager.refresh() if session_scoped else cred.token()
-        click.echo(issued.access_token)
+        click.echo(cred.token().access_token)
 
 
 def _deadline(timeout: float | None) -> dict[str, Any]:

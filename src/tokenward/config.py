@@ -38,6 +38,7 @@ import platformdirs
 from .errors import TokenwardError
 from .manager import TokenManager
 from .rules import ExpiryRule
+from .sessions import SessionCalls, SessionHooks, Sessions
 from .sources import ApiKeyExchange, ClientCredentialsGrant, RefreshTokenGrant, Source
 from .sources.authorization import OAuthClient, discovery_urls, make_client, parse_metadata
 from .sources.oauth2 import ClientAuth
@@ -125,6 +126,8 @@ def _is_table(value: Any) -> bool:
 
 
 _STR = (_is_str, "a string")
+#: The settings that describe a provider's session calls (`CredentialConfig.session_hooks`).
+_SESSION_CALLS = ("session_new", "session_start", "session_keep_alive", "session_stop")
 _BOOL = (_is_bool, "true or false")
 _TABLE = (_is_str_table, 'a table of strings, e.g. { name = "value" }')
 
@@ -156,6 +159,15 @@ CREDENTIAL_KEYS: dict[str, tuple[Check, str]] = {
     "expires_in_path": _STR,
     "default_lifetime": (_is_number, "a number of seconds"),
     "session_scoped": _BOOL,
+    # A session-scoped credential's upstream session calls (paths relative to base_url; ""
+    # when the provider or plan has no such call), see tokenward.sessions.SessionCalls.
+    "session_new": _STR,
+    "session_start": _STR,
+    "session_keep_alive": _STR,
+    "session_stop": _STR,
+    "session_id_path": _STR,
+    "session_limit_path": _STR,
+    "session_api_key_calls": (_is_str_list, 'a list of paths, e.g. ["/v1/streaming.stop"]'),
     "store": _STR,
     "store_variables": _TABLE,
     "expiry_rule": (_is_table, "a table"),
@@ -475,10 +487,56 @@ class CredentialConfig:
             revocation_url=self.get("revocation_url"),
         )
 
+    @property
+    def session_scoped(self) -> bool:
+        """Each token serves one session (HeyGen): never cached, stored or reused."""
+        return bool(self.settings.get("session_scoped"))
+
+    def session_hooks(self, **options: Any) -> SessionHooks:
+        """The upstream session calls the `session_*` settings describe (`options` go to
+        `SessionCalls`, e.g. `keep_alive_interval`)."""
+        settings = self.settings
+        if not any(key in settings for key in _SESSION_CALLS):
+            return SessionHooks()
+        return SessionCalls(
+            new=settings.get("session_new"),
+            start=settings.get("session_start"),
+            keep_alive=settings.get("session_keep_alive"),
+            stop=settings.get("session_stop"),
+            id_path=settings.get("session_id_path", "data.session_id"),
+            limit_path=settings.get("session_limit_path"),
+            api_key_calls=tuple(settings.get("session_api_key_calls", ())),
+            **options,
+        )
+
+    def sessions(self, **options: Any) -> Sessions:
+        """A `Sessions` for this session-scoped credential: its source, `base_url`, session
+        calls and expiry rule (`options` go to `Sessions`, e.g. `hooks`, `stop_timeout`)."""
+        if not self.session_scoped:
+            raise ConfigError(
+                f"{self.where}: not session-scoped; sessions need `session_scoped = true` "
+                "(presets heygen, liveavatar, openai-realtime set it)"
+            )
+        options.setdefault("hooks", self.session_hooks())
+        return Sessions(
+            self.source(),
+            key=self.name,
+            base_url=str(self.settings.get("base_url") or ""),
+            expiry_rule=self.expiry_rule(),
+            **options,
+        )
+
     def manager(self, store: Store, **options: Any) -> TokenManager:
-        """The credential's TokenManager; `options` go to TokenManager (retry, timeout, ...)."""
+        """The credential's TokenManager; `options` go to TokenManager (retry, timeout, ...).
+        A session-scoped credential's manager refuses to fetch or store tokens
+        (`SessionScoped`): use `sessions()`."""
         return TokenManager(
-            self.name, self.source(), store, expiry_rule=self.expiry_rule(), **options
+            self.name,
+            self.source(),
+            store,
+            expiry_rule=self.expiry_rule(),
+            session_scoped=self.session_scoped,
+            **options,
         )
 
 

@@ -14,10 +14,12 @@ store and an expiry rule from the configuration themselves.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from .config import Config, CredentialConfig, load_config
 from .integrations.httpx import TokenAuth
 from .manager import TokenManager
+from .sessions import Sessions
 from .token import Token
 
 __all__ = ["Credential", "credential"]
@@ -33,8 +35,15 @@ class Credential:
         self.auth = TokenAuth(manager)
 
     def token(self) -> Token:
-        """A valid token (`.access_token` for SDKs, `.authorization` for a header)."""
+        """A valid token (`.access_token` for SDKs, `.authorization` for a header). A
+        session-scoped credential raises `SessionScoped`: use `sessions()`."""
         return self.manager.token()
+
+    def sessions(self, **options: Any) -> Sessions:
+        """Sessions of a session-scoped credential (HeyGen, LiveAvatar, OpenAI Realtime): a
+        fresh token per session, never cached or stored, with the preset's session calls.
+        `options` go to `Sessions` (`stop_timeout`, `hooks`, ...)."""
+        return self.config.sessions(**options)
 
     async def atoken(self) -> Token:
         """`token()` for asyncio code."""

@@ -14,6 +14,7 @@ __all__ = [
     "ReauthorizationRequired",
     "RefreshFailed",
     "RequestRejected",
+    "SessionScoped",
     "StoreCorrupted",
     "StoreError",
     "TokenwardError",
@@ -198,4 +199,18 @@ class StoreCorrupted(StoreError):
         super().__init__(
             f"token store {location} is corrupt: {detail}. It was left untouched; restore it "
             "from a backup or move it aside and log in again."
+        )
+
+
+class SessionScoped(TokenwardError):
+    """A session-scoped credential's token was asked of a `TokenManager` (which caches and
+    stores tokens): each such token serves exactly one session, so it is never cached, stored
+    or handed out twice."""
+
+    def __init__(self, credential: str) -> None:
+        self.credential = credential
+        super().__init__(
+            f"credential {credential!r} is session-scoped: each token serves one session and is "
+            "never cached or stored. Open a session instead: tokenward.credential"
+            f"({credential!r}).sessions() (tokenward.sessions), or POST /v1/sessions on the broker"
         )

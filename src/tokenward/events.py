@@ -23,6 +23,8 @@ _LEVELS = {
     "store.conflict": logging.WARNING,
     "manager.close_timeout": logging.WARNING,
     "sessions.close_timeout": logging.WARNING,
+    "session.stop_failed": logging.WARNING,
+    "session.expired": logging.WARNING,
 }
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import httpx2
 
 from . import events
-from .errors import ManagerClosed
+from .errors import ManagerClosed, SessionScoped
 from .flow import FlowContext, refresh_flow, run, run_async
 from .retry import RetryPolicy
 from .rules import ExpiryRule
@@ -105,9 +105,12 @@ class TokenManager:
         lease_wait: float = 60.0,
         timeout: httpx2.Timeout | float = DEFAULT_TIMEOUT,
         http_client: httpx2.Client | None = None,
+        session_scoped: bool = False,
     ) -> None:
         """`http_client`: a client to send token requests with (shared by many managers, e.g.
-        one per credential in `tokenward.refresher`); it stays the caller's to close."""
+        one per credential in `tokenward.refresher`); it stays the caller's to close.
+        `session_scoped`: the source mints one-session tokens (HeyGen): this manager then
+        refuses to fetch, cache or store any (`SessionScoped`); use `tokenward.sessions`."""
         if store is None:
             from .stores.default import default_store
 
@@ -138,6 +141,7 @@ class TokenManager:
         self._refresher: threading.Thread | None = None
         self._refresher_task: asyncio.Task[None] | None = None
         self._stop = threading.Event()
+        self.session_scoped = session_scoped
 
     # -- public API -----------------------------------------------------------------------------
     def token(self) -> Token:
@@ -188,6 +192,8 @@ class TokenManager:
     ) -> Record:
         """Store a fresh grant obtained elsewhere (a login, an imported `.env`) and clear any
         `needs_reauth` state. The next `token()` uses it."""
+        if self.session_scoped:
+            raise SessionScoped(self.key)
         now = time.time()
         while True:
             current = self.store.load(self.key) or Record(self.key)
@@ -296,6 +302,8 @@ class TokenManager:
 
     # -- internals ------------------------------------------------------------------------------
     def _check_open(self) -> None:
+        if self.session_scoped:
+            raise SessionScoped(self.key)
         if self._closed:
             raise ManagerClosed(self.key)
 
@@ -471,6 +479,8 @@ class TokenManager:
         return self._client
 
     def _refresh(self, seen: Token | None, force: bool) -> Token:
+        if self.session_scoped:  # never fetched, cached or stored here (one token, one session)
+            raise SessionScoped(self.key)
         for _ in range(3):
             flight, leader = self._join()
             if leader:
@@ -493,6 +503,8 @@ class TokenManager:
             self._land(flight, token, None)
 
     async def _arefresh(self, seen: Token | None, force: bool) -> Token:
+        if self.session_scoped:
+            raise SessionScoped(self.key)
         for _ in range(3):
             flight, leader = self._join()
             if leader:

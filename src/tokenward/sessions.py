@@ -22,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import itertools
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +37,9 @@ import httpx2
 from . import events
 from .errors import TokenwardError
 from .flow import mint_flow, run, run_async
+from .jsonpath import MISSING, lookup
 from .retry import RetryPolicy
+from .rules import ExpiryRule
 from .sources.base import Source
 from .token import Token
 from .transport import DEFAULT_TIMEOUT, longest_request
@@ -43,11 +48,16 @@ __all__ = [
     "AsyncSession",
     "HeyGenStreaming",
     "Session",
+    "SessionCalls",
     "SessionClosed",
+    "SessionExpired",
     "SessionHooks",
     "SessionState",
     "Sessions",
+    "StopFailed",
     "TokenReused",
+    "amint",
+    "mint",
 ]
 
 
@@ -57,6 +67,31 @@ class SessionClosed(TokenwardError):
 
 class TokenReused(TokenwardError):
     """The source returned a token already handed to an earlier session (never passed on)."""
+
+
+class SessionExpired(TokenwardError):
+    """The provider no longer accepts the session's token, and the call has no API-key
+    alternative: the session is over. Start a new session (a fresh token); never retry with
+    this one."""
+
+    def __init__(self, key: str, call: str) -> None:
+        super().__init__(
+            f"{key!r}: the session's token is no longer accepted ({call} answered as expired); "
+            "start a new session for a fresh token"
+        )
+        self.call = call
+
+
+class StopFailed(TokenwardError):
+    """The upstream session could not be stopped. `pending`: a later attempt may succeed (the
+    provider failed transiently or did not answer); otherwise nothing can stop it any more (its
+    token expired and the provider accepts no API key for the stop) and it ends when the
+    provider times it out."""
+
+    def __init__(self, key: str, reason: str, *, pending: bool) -> None:
+        super().__init__(f"{key!r}: the upstream session was not stopped: {reason}")
+        self.reason = reason
+        self.pending = pending
 
 
 @dataclass
@@ -73,6 +108,16 @@ class SessionState:
     #: Whatever else the start hook wants to keep (HeyGen: media url, access token, limits).
     info: dict[str, Any] = field(default_factory=dict, repr=False)
     closed: bool = False
+    #: When the provider ends the session whatever happens (its duration limit), if known.
+    ends_at: float | None = None
+    #: The provider no longer accepts the token (seen on an answer).
+    expired: bool = False
+    #: Headers carrying the API key, for the calls the provider accepts it on (`SessionCalls.
+    #: api_key_calls`); empty when the source has no API key.
+    api_key_headers: dict[str, str] = field(default_factory=dict, repr=False)
+    #: Paths (relative to base_url) the provider accepts with the API key instead of the token.
+    api_key_calls: frozenset[str] = frozenset()
+    expiry_rule: ExpiryRule = field(default_factory=ExpiryRule)
 
 
 class SessionHooks:
@@ -103,9 +148,149 @@ class SessionHooks:
         """`keep_alive` for async sessions."""
 
 
-class HeyGenStreaming(SessionHooks):
-    """HeyGen streaming avatar: `streaming.new` on start, `streaming.keep_alive` on the ticker,
-    `streaming.stop` on close (paths relative to the session's `base_url`)."""
+class SessionCalls(SessionHooks):
+    """A provider's session lifecycle as configuration: which calls open, start, keep alive
+    and stop an upstream session, and which of them the provider accepts with the API key
+    instead of the session token (paths relative to the session's `base_url`; None: the
+    provider has no such call). Presets fill these in (`session_new`, `session_start`, ...).
+
+    The stop is retried with backoff on transient failures (network errors, 429, 5xx), within
+    `stop_retry`'s deadline, and sent with the API key where the provider accepts it once the
+    token is refused; a stop that still fails raises `StopFailed`, never passes silently.
+    """
+
+    def __init__(
+        self,
+        *,
+        new: str | None = None,
+        start: str | None = None,
+        keep_alive: str | None = None,
+        stop: str | None = None,
+        new_body: Mapping[str, Any] | None = None,
+        id_field: str = "session_id",
+        id_path: str = "data.session_id",
+        info_path: str | None = "data",
+        limit_path: str | None = None,
+        api_key_calls: tuple[str, ...] = (),
+        keep_alive_interval: float | None = None,
+        stop_retry: RetryPolicy | None = None,
+    ) -> None:
+        self.new = new or None
+        self.start_path = start or None
+        self.keep_alive_path = keep_alive or None
+        self.stop_path = stop or None
+        self.new_body = dict(new_body or {})
+        self.id_field = id_field
+        self.id_path = id_path
+        self.info_path = info_path
+        self.limit_path = limit_path
+        self.api_key_calls = frozenset(api_key_calls)
+        self.keep_alive_interval = keep_alive_interval
+        self.stop_retry = stop_retry or RetryPolicy(initial=0.1, maximum=1.0, deadline=3.0)
+
+    def start(self, state: SessionState) -> None:
+        if self.new is not None:
+            self._opened(state, _ok(state.client.post(self.new, json=self.new_body)))
+        if self.start_path is not None:
+            _ok(state.client.post(self.start_path, json=self._ref(state)))
+
+    async def astart(self, state: SessionState) -> None:
+        if self.new is not None:
+            self._opened(state, _ok(await state.client.post(self.new, json=self.new_body)))
+        if self.start_path is not None:
+            _ok(await state.client.post(self.start_path, json=self._ref(state)))
+
+    def stop(self, state: SessionState) -> None:
+        if state.upstream_id is None or self.stop_path is None:
+            return
+        started = time.monotonic()
+        for attempt in itertools.count(1):
+            answer: httpx2.Response | None = None
+            failure: Exception | None = None
+            try:
+                answer = state.client.post(self.stop_path, json=self._ref(state))
+            except httpx2.TransportError as exc:
+                failure = exc
+            except SessionExpired:
+                raise _unstoppable(state) from None
+            wait = self._stop_outcome(state, answer, failure, attempt, started)
+            if wait is None:
+                return
+            time.sleep(wait)
+
+    async def astop(self, state: SessionState) -> None:
+        if state.upstream_id is None or self.stop_path is None:
+            return
+        started = time.monotonic()
+        for attempt in itertools.count(1):
+            answer: httpx2.Response | None = None
+            failure: Exception | None = None
+            try:
+                answer = await state.client.post(self.stop_path, json=self._ref(state))
+            except httpx2.TransportError as exc:
+                failure = exc
+            except SessionExpired:
+                raise _unstoppable(state) from None
+            wait = self._stop_outcome(state, answer, failure, attempt, started)
+            if wait is None:
+                return
+            await asyncio.sleep(wait)
+
+    def keep_alive(self, state: SessionState) -> None:
+        if self.keep_alive_path is not None and state.upstream_id is not None:
+            _ok(state.client.post(self.keep_alive_path, json=self._ref(state)))
+
+    async def akeep_alive(self, state: SessionState) -> None:
+        if self.keep_alive_path is not None and state.upstream_id is not None:
+            _ok(await state.client.post(self.keep_alive_path, json=self._ref(state)))
+
+    def _ref(self, state: SessionState) -> dict[str, Any]:
+        return {self.id_field: state.upstream_id}
+
+    def _opened(self, state: SessionState, answer: httpx2.Response) -> None:
+        payload = answer.json()
+        found = lookup(payload, self.id_path)
+        state.upstream_id = str(found) if found is not MISSING and found is not None else None
+        info = lookup(payload, self.info_path) if self.info_path else MISSING
+        if isinstance(info, dict):
+            state.info = {k: v for k, v in info.items() if k != self.id_field}
+        limit = lookup(payload, self.limit_path) if self.limit_path else MISSING
+        if isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0:
+            state.ends_at = time.time() + float(limit)
+
+    def _stop_outcome(
+        self,
+        state: SessionState,
+        answer: httpx2.Response | None,
+        failure: Exception | None,
+        attempt: int,
+        started: float,
+    ) -> float | None:
+        """None when the stop is done; else the seconds to wait before the next attempt, or
+        `StopFailed` when no attempt is left or none can help."""
+        if answer is not None and answer.is_success:
+            return None
+        if answer is not None and answer.status_code not in _TRANSIENT:
+            # The token was refused and the stop has no API-key alternative (else the session
+            # auth would have retried with the key), or the provider refused the request.
+            reason = f"the provider answered {answer.status_code}"
+            raise StopFailed(state.key, reason, pending=False)
+        retry_after = None
+        if answer is not None:
+            retry_after = _retry_after(answer)
+        wait = self.stop_retry.delay(attempt, time.monotonic() - started, retry_after)
+        if wait is None:
+            shown = f"{answer.status_code}" if answer is not None else type(failure).__name__
+            reason = f"still failing after {attempt} attempt(s) ({shown})"
+            raise StopFailed(state.key, reason, pending=True)
+        events.emit("session.stop_retry", state.key, attempt=attempt, retry_in=round(wait, 3))
+        return wait
+
+
+class HeyGenStreaming(SessionCalls):
+    """HeyGen streaming avatar: `streaming.new` (+ `streaming.start`) on start,
+    `streaming.keep_alive` on the ticker, `streaming.stop` on close, which HeyGen also accepts
+    with the API key (so a session that outlived its token can still be stopped)."""
 
     def __init__(
         self,
@@ -114,49 +299,75 @@ class HeyGenStreaming(SessionHooks):
         new_body: Mapping[str, Any] | None = None,
         start_stream: bool = True,
     ) -> None:
-        self.keep_alive_interval = keep_alive_interval
-        self.new_body = dict(new_body or {})
+        super().__init__(
+            new="/v1/streaming.new",
+            start="/v1/streaming.start" if start_stream else None,
+            keep_alive="/v1/streaming.keep_alive",
+            stop="/v1/streaming.stop",
+            new_body=new_body,
+            limit_path="data.session_duration_limit",
+            api_key_calls=("/v1/streaming.stop",),
+            keep_alive_interval=keep_alive_interval,
+        )
         self.start_stream = start_stream
 
-    def start(self, state: SessionState) -> None:
-        self._opened(state, _ok(state.client.post("/v1/streaming.new", json=self.new_body)))
-        if self.start_stream:
-            _ok(state.client.post("/v1/streaming.start", json=self._ref(state)))
 
-    async def astart(self, state: SessionState) -> None:
-        answer = await state.client.post("/v1/streaming.new", json=self.new_body)
-        self._opened(state, _ok(answer))
-        if self.start_stream:
-            _ok(await state.client.post("/v1/streaming.start", json=self._ref(state)))
+def _unstoppable(state: SessionState) -> StopFailed:
+    reason = "its token expired and the provider accepts no API key for the stop"
+    return StopFailed(state.key, reason, pending=False)
 
-    def stop(self, state: SessionState) -> None:
-        if state.upstream_id is not None:
-            _ok(state.client.post("/v1/streaming.stop", json=self._ref(state)))
 
-    async def astop(self, state: SessionState) -> None:
-        if state.upstream_id is not None:
-            _ok(await state.client.post("/v1/streaming.stop", json=self._ref(state)))
+#: Answers worth another stop attempt.
+_TRANSIENT = frozenset({408, 425, 429, 500, 502, 503, 504})
 
-    def keep_alive(self, state: SessionState) -> None:
-        _ok(state.client.post("/v1/streaming.keep_alive", json=self._ref(state)))
 
-    async def akeep_alive(self, state: SessionState) -> None:
-        _ok(await state.client.post("/v1/streaming.keep_alive", json=self._ref(state)))
-
-    @staticmethod
-    def _ref(state: SessionState) -> dict[str, Any]:
-        return {"session_id": state.upstream_id}
-
-    @staticmethod
-    def _opened(state: SessionState, answer: httpx2.Response) -> None:
-        data = answer.json().get("data") or {}
-        state.upstream_id = data.get("session_id")
-        state.info = {k: v for k, v in data.items() if k != "session_id"}
+def _retry_after(answer: httpx2.Response) -> float | None:
+    try:
+        return float(answer.headers.get("retry-after", ""))
+    except ValueError:
+        return None
 
 
 def _ok(answer: httpx2.Response) -> httpx2.Response:
     answer.raise_for_status()
     return answer
+
+
+class _SessionAuth(httpx2.Auth):
+    """Sends the session's token; when the provider refuses it (the credential's expiry rule),
+    sends the same call again with the API key if the provider accepts the key for it, else
+    raises `SessionExpired`: a session that outlived its token never answers with silent
+    401s. Shared by the library's sessions and the broker's session-bound proxy."""
+
+    requires_request_body = True
+    requires_response_body = True
+
+    def __init__(self, state: SessionState, base_path: str) -> None:
+        self._state = state
+        self._base_path = base_path
+
+    def auth_flow(self, request: httpx2.Request) -> Any:
+        state = self._state
+        call = request.url.path.removeprefix(self._base_path) or "/"
+        with_key = call in state.api_key_calls and bool(state.api_key_headers)
+        if not state.expired:
+            request.headers["Authorization"] = state.token.authorization
+            response = yield request
+            rule = state.expiry_rule
+            if not rule.matches(response.status_code, response.headers, response.content):
+                return
+            state.expired = True
+            events.emit(
+                "session.token_expired", state.key, fingerprint=state.token.fingerprint, call=call
+            )
+        if not with_key:
+            events.emit(
+                "session.expired", state.key, fingerprint=state.token.fingerprint, call=call
+            )
+            raise SessionExpired(state.key, call)
+        request.headers.pop("Authorization", None)
+        request.headers.update(state.api_key_headers)
+        yield request
 
 
 # -- keep-alive tickers -------------------------------------------------------------------------
@@ -209,36 +420,68 @@ def _quietly(key: str, what: str, call: Callable[[], Any]) -> None:
         _failed(key, what, exc)
 
 
-def _stop_within(hooks: SessionHooks, state: SessionState, timeout: float) -> None:
+def _stop_within(hooks: SessionHooks, state: SessionState, timeout: float) -> StopFailed | None:
     """Run the sync stop hook in a helper thread, waiting at most `timeout` seconds (a
-    finalizer must never hang the garbage collector or interpreter exit)."""
-    worker = threading.Thread(
-        target=_quietly, args=(state.key, "stop", lambda: hooks.stop(state)), daemon=True
-    )
+    finalizer must never hang the garbage collector or interpreter exit). Returns why the
+    stop failed, if it did: a stop that did not happen is never reported as done."""
+    failures: list[StopFailed] = []
+
+    def work() -> None:
+        try:
+            hooks.stop(state)
+        except StopFailed as exc:
+            failures.append(exc)
+        except Exception as exc:
+            _failed(state.key, "stop", exc)
+            failures.append(StopFailed(state.key, type(exc).__name__, pending=True))
+
+    worker = threading.Thread(target=work, daemon=True)
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
         events.emit("session.hook_failed", state.key, hook="stop", error="timeout")
+        return StopFailed(state.key, f"no answer within {timeout:g} s", pending=True)
+    return failures[0] if failures else None
+
+
+def _stop_failed(state: SessionState, failure: StopFailed) -> None:
+    events.emit(
+        "session.stop_failed",
+        state.key,
+        fingerprint=state.token.fingerprint,
+        pending=failure.pending,
+        reason=failure.reason,
+    )
 
 
 def _finalize(
     hooks: SessionHooks, state: SessionState, ticker: _Ticker, timeout: float, abandoned: bool
-) -> None:
+) -> StopFailed | None:
     """End a session: stop the ticker and the upstream session, forget the token. Called by
-    `Session.close()`, or by the garbage collector / at exit for an abandoned session."""
+    `Session.close()`, or by the garbage collector / at exit for an abandoned session.
+    Returns the `StopFailed` of a stop that did not happen; a pending one keeps the session
+    (token and client) for another attempt, unless it was abandoned."""
     ticker.stop()
     if abandoned:
         events.emit("session.abandoned", state.key, fingerprint=state.token.fingerprint)
     if isinstance(state.client, httpx2.Client) and not state.client.is_closed:
-        _stop_within(hooks, state, timeout)
+        failure = _stop_within(hooks, state, timeout)
+        if failure is not None:
+            _stop_failed(state, failure)
+            if failure.pending and not abandoned:
+                return failure
         state.client.close()
     else:  # an async session without a loop: stop through a temporary sync client
-        with _bound_client(httpx2.Client, state.base_url, state.token, timeout) as client:
-            stand_in = SessionState(
-                state.key, state.token, client, state.base_url, state.upstream_id, state.info
-            )
-            _stop_within(hooks, stand_in, timeout)
+        stand_in = dataclasses.replace(state, client=None)
+        base_path = httpx2.URL(state.base_url).path.rstrip("/")
+        with _bound_client(httpx2.Client, state.base_url, timeout) as client:
+            client.auth = _SessionAuth(stand_in, base_path)
+            stand_in.client = client
+            failure = _stop_within(hooks, stand_in, timeout)
+        if failure is not None:
+            _stop_failed(state, failure)
     _forget(state)
+    return failure
 
 
 def _forget(state: SessionState) -> None:
@@ -248,11 +491,8 @@ def _forget(state: SessionState) -> None:
         events.emit("session.closed", state.key, fingerprint=state.token.fingerprint)
 
 
-def _bound_client(
-    kind: Any, base_url: str, token: Token | None, timeout: Any, transport: Any = None
-) -> Any:
-    headers = {"Authorization": token.authorization} if token is not None else {}
-    return kind(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+def _bound_client(kind: Any, base_url: str, timeout: Any, transport: Any = None) -> Any:
+    return kind(base_url=base_url, timeout=timeout, transport=transport)
 
 
 class _SharedTransport(httpx2.BaseTransport):
@@ -333,10 +573,15 @@ class Session(_BaseSession):
         return self._state.client  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        """Stop the keep-alive ticker and the upstream session; forget the token. Idempotent."""
+        """Stop the keep-alive ticker and the upstream session; forget the token. Idempotent.
+
+        Raises `StopFailed` when the upstream session could not be stopped; when `pending`,
+        the session is kept and `close()` may be called again to retry."""
         self._finalizer.detach()
         if not self._state.closed:
-            _finalize(self._hooks, self._state, self._ticker, self._stop_timeout, False)
+            failure = _finalize(self._hooks, self._state, self._ticker, self._stop_timeout, False)
+            if failure is not None:
+                raise failure
 
 
 class AsyncSession(_BaseSession):
@@ -349,28 +594,69 @@ class AsyncSession(_BaseSession):
         return self._state.client  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
-        """`close()` for async sessions: the stop hook is awaited, within the stop timeout."""
-        if not self._finalizer.detach():
-            return
+        """`close()` for async sessions: the stop hook is awaited, within the stop timeout.
+        Raises `StopFailed` as `close()` does (a pending one keeps the session for a retry)."""
+        self._finalizer.detach()
         state = self._state
+        if state.closed:
+            return
         self._ticker.stop()
+        failure: StopFailed | None = None
         try:
             await asyncio.wait_for(self._hooks.astop(state), self._stop_timeout)
-        except Exception as exc:  # TimeoutError included: the session must still end here
+        except StopFailed as exc:
+            failure = exc
+        except TimeoutError:
+            reason = f"no answer within {self._stop_timeout:g} s"
+            failure = StopFailed(state.key, reason, pending=True)
+        except Exception as exc:
             _failed(state.key, "stop", exc)
-        finally:
-            await state.client.aclose()
-            _forget(state)
+            failure = StopFailed(state.key, type(exc).__name__, pending=True)
+        if failure is not None:
+            _stop_failed(state, failure)
+            if failure.pending:
+                raise failure
+        await state.client.aclose()
+        _forget(state)
+        if failure is not None:
+            raise failure
 
 
 _S = TypeVar("_S", Session, AsyncSession)
+
+
+def mint(
+    source: Source,
+    key: str = "session",
+    *,
+    retry: RetryPolicy | None = None,
+    timeout: httpx2.Timeout | float = DEFAULT_TIMEOUT,
+) -> Token:
+    """A brand-new token straight from `source`: no manager, no cache, no store (a
+    session-scoped token must serve one session; `tokenward token` on such a credential)."""
+    with httpx2.Client(timeout=timeout) as client:
+        return run(mint_flow(source, key, retry or RetryPolicy()), None, client)
+
+
+async def amint(
+    source: Source,
+    key: str = "session",
+    *,
+    client: httpx2.AsyncClient,
+    retry: RetryPolicy | None = None,
+) -> Token:
+    """`mint()` for asyncio code, through the caller's client."""
+    return await run_async(mint_flow(source, key, retry or RetryPolicy()), None, client)
 
 
 class Sessions:
     """Opens session-scoped credentials: a freshly minted token per session.
 
     `source` is how a token is minted (e.g. `ApiKeyExchange` for HeyGen); `base_url` is where
-    the session's client points; `hooks` start, keep alive and stop the upstream session.
+    the session's client points; `hooks` start, keep alive and stop the upstream session
+    (`SessionCalls`: from a preset's `session_*` keys). A call the provider answers as
+    expired raises `SessionExpired`, or goes again with the API key where the hooks say the
+    provider accepts it (`SessionCalls.api_key_calls`).
     """
 
     def __init__(
@@ -384,11 +670,14 @@ class Sessions:
         stop_timeout: float = 5.0,
         timeout: httpx2.Timeout | float = DEFAULT_TIMEOUT,
         remember: int = 100_000,
+        expiry_rule: ExpiryRule | None = None,
     ) -> None:
         self.source = source
         self.key = key
         self.base_url = base_url
         self.hooks = hooks or SessionHooks()
+        #: What an answer refusing the session's token looks like (default: any 401).
+        self.expiry_rule = expiry_rule or ExpiryRule()
         self._retry = retry or RetryPolicy()
         self._stop_timeout = stop_timeout
         self._timeout = timeout
@@ -412,9 +701,7 @@ class Sessions:
         """Mint a token and start a session; the caller must `close()` it (or a finalizer will
         stop it when it is garbage-collected)."""
         with self._open_one():
-            client = _bound_client(
-                httpx2.Client, self.base_url, None, self._timeout, self._transport
-            )
+            client = _bound_client(httpx2.Client, self.base_url, self._timeout, self._transport)
             try:
                 flow = mint_flow(self.source, self.key, self._retry)
                 token = self._fresh(run(flow, None, client))
@@ -429,7 +716,7 @@ class Sessions:
         """`open()` for asyncio code."""
         with self._open_one():
             client = _bound_client(
-                httpx2.AsyncClient, self.base_url, None, self._timeout, self._atransport()
+                httpx2.AsyncClient, self.base_url, self._timeout, self._atransport()
             )
             try:
                 flow = mint_flow(self.source, self.key, self._retry)
@@ -441,7 +728,8 @@ class Sessions:
             try:
                 await self.hooks.astart(session._state)
             except BaseException:
-                await session.aclose()  # a half-opened upstream session is stopped too
+                with contextlib.suppress(StopFailed):  # the start failure says more
+                    await session.aclose()  # a half-opened upstream session is stopped too
                 raise
             self._tick(session, async_=True)
             return session
@@ -507,8 +795,18 @@ class Sessions:
         return token
 
     def _new(self, kind: type[_S], token: Token, client: Any) -> _S:
-        client.headers["Authorization"] = token.authorization
-        state = SessionState(self.key, token, client, self.base_url)
+        calls: frozenset[str] = getattr(self.hooks, "api_key_calls", frozenset())
+        key_headers = getattr(self.source, "key_headers", None)
+        state = SessionState(
+            self.key,
+            token,
+            client,
+            self.base_url,
+            api_key_headers=dict(key_headers()) if calls and key_headers else {},
+            api_key_calls=frozenset(calls),
+            expiry_rule=self.expiry_rule,
+        )
+        client.auth = _SessionAuth(state, httpx2.URL(self.base_url).path.rstrip("/"))
         session = kind(state, self.hooks, self._stop_timeout)
         events.emit("session.opened", self.key, fingerprint=token.fingerprint)
         return session
@@ -517,7 +815,8 @@ class Sessions:
         try:
             start(session._state)
         except BaseException:
-            session.close()  # a half-opened upstream session is stopped too
+            with contextlib.suppress(StopFailed):  # the start failure says more
+                session.close()  # a half-opened upstream session is stopped too
             raise
         self._tick(session, async_=False)
 
@@ -550,7 +849,11 @@ class _Scope:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
         if self._sync is not None:
-            self._sync.close()
+            try:
+                self._sync.close()
+            except StopFailed:
+                if exc is None:  # else the block's own exception says more (the event has it)
+                    raise
 
     async def __aenter__(self) -> AsyncSession:
         self._async = await self._sessions.aopen()
@@ -563,4 +866,8 @@ class _Scope:
         tb: TracebackType | None,
     ) -> None:
         if self._async is not None:
-            await self._async.aclose()
+            try:
+                await self._async.aclose()
+            except StopFailed:
+                if exc is None:
+                    raise

@@ -40,10 +40,10 @@ from ..errors import TokenwardError
 from ..flow import mint_flow, run_async
 from ..manager import TokenManager
 from ..retry import RetryPolicy
-from ..sessions import AsyncSession, HeyGenStreaming, SessionHooks, Sessions
+from ..sessions import Sessions
 from ..stores.base import Store
 from ..token import Token, fingerprint
-from . import errors
+from . import errors, session_routes
 from .accesslog import QueryStringFilter
 from .auth import BrokerError, ClientRegistry
 from .config import BrokerConfig, ClientEntry, Limits, load_broker
@@ -61,7 +61,7 @@ from .proxy import (
     response_headers,
     send_with_replay,
 )
-from .sessions import SessionRegistry
+from .sessions import SessionRegistry, StopOutcome
 
 __all__ = ["create_app"]
 
@@ -108,24 +108,6 @@ class TokenOut(BaseModel):
     token_type: str
     expires_at: float | None
     fingerprint: str
-
-
-class SessionIn(BaseModel):
-    credential: str
-
-
-class SessionOut(BaseModel):
-    session_id: str
-    token: str
-    expires_at: float | None
-    fingerprint: str
-    upstream_session_id: str | None = None
-    upstream: dict[str, Any] = {}
-
-
-class KeepaliveOut(BaseModel):
-    session_id: str
-    idle_timeout: float
 
 
 class CredentialOut(BaseModel):
@@ -222,19 +204,22 @@ class _Credential:
     @property
     def sessions(self) -> Sessions:
         if self._sessions is None:
-            if not self.config.settings.get("session_scoped"):
+            if not self.config.session_scoped:
                 raise BrokerError(
                     400, "not_session_scoped", f"credential {self.name!r} has no sessions"
                 )
-            hooks: SessionHooks = (
-                HeyGenStreaming(keep_alive_interval=None)  # clients drive keepalive
-                if self.config.settings.get("preset") == "heygen"
-                else SessionHooks()
-            )
-            self._sessions = Sessions(
-                self.manager.source, key=self.name, base_url=self.base_url or "", hooks=hooks
-            )
+            hooks = self.config.session_hooks(keep_alive_interval=None)  # clients drive it
+            self._sessions = self.config.sessions(hooks=hooks)
         return self._sessions
+
+    @property
+    def lifetime_basis(self) -> str:
+        """Where a minted token's `expires_at` comes from: the provider's answer, the
+        preset's (documented or assumed) lifetime, or nowhere."""
+        settings = self.config.settings
+        if settings.get("expires_in_path") or settings.get("expires_at_path"):
+            return "provider"
+        return "preset" if settings.get("default_lifetime") else "unknown"
 
     async def mint(self, client: httpx2.AsyncClient) -> Token:
         """A brand-new token (never cached, never stored, never handed out twice)."""
@@ -268,8 +253,8 @@ class Broker:
         self.credentials = {
             name: _Credential(cc, config.store_for(cc)) for name, cc in config.credentials.items()
         }
-        self.sessions = SessionRegistry(self.limits.session_idle_timeout)
         self.metrics = BrokerMetrics(lambda: {n: (n, c.store) for n, c in self.credentials.items()})
+        self.sessions = SessionRegistry(self.limits.session_idle_timeout, self._stop_failed)
         self.http: httpx2.AsyncClient | None = None
         #: The per-request timeout extension of proxied requests (built once).
         self.upstream_timeout = httpx2.Timeout(self.limits.upstream_timeout).as_dict()
@@ -293,7 +278,8 @@ class Broker:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        await self.sessions.close_all()
+        for outcome in await self.sessions.close_all():  # a broker shutdown stops its sessions
+            self._ended(outcome, "session.close")
         if self.http is not None:
             await self.http.aclose()
         # Every credential drains its refresh in flight before the stores close below.
@@ -306,17 +292,30 @@ class Broker:
         while True:
             await asyncio.sleep(self.limits.reap_interval)
             try:
-                for session in await self.sessions.reap():
-                    self.audit(
-                        session.client,
-                        session.credential,
-                        "session.reap",
-                        200,
-                        session.fingerprint,
-                        session=session.id,
-                    )
+                for outcome in await self.sessions.reap():
+                    self._ended(outcome, "session.reap")
             except Exception as exc:  # the reaper must survive one bad session
                 audit_logger.warning("session.reap failed: %s", type(exc).__name__)
+
+    def _ended(self, outcome: StopOutcome, action: str) -> None:
+        """The audit line of a session ended by the reaper or at shutdown: 204 only when the
+        provider confirmed the stop, 502 with the reason otherwise."""
+        found = outcome.session
+        status = 204 if outcome.result == "stopped" else 502
+        error = None if status == 204 else f"stop_{outcome.result}"
+        self.audit(
+            found.client,
+            found.credential,
+            action,
+            status,
+            found.fingerprint,
+            session=found.id,
+            reason=found.ending,
+            error=error,
+        )
+
+    def _stop_failed(self, outcome: StopOutcome) -> None:
+        self.metrics.session_event(outcome.session.credential, f"stop_{outcome.result}").inc()
 
     # -- helpers --------------------------------------------------------------------------------
     def credential(self, client: ClientEntry, name: str) -> _Credential:
@@ -496,8 +495,6 @@ def create_app(
 
 
 def _routes(app: FastAPI, state: Broker) -> None:
-    limits = state.limits
-
     if state.settings.examples:
 
         @app.get("/examples/session", tags=["examples"], response_class=HTMLResponse)
@@ -576,6 +573,13 @@ def _routes(app: FastAPI, state: Broker) -> None:
         cred = state.credential(client, name)
         if not client.policy.admin:
             raise BrokerError(403, "forbidden", f"client {client.name!r} may not force refreshes")
+        if cred.config.session_scoped:
+            raise BrokerError(
+                400,
+                "session_scoped",
+                f"credential {name!r} is session-scoped: it has no stored token to refresh "
+                "(each session mints its own: POST /v1/sessions)",
+            )
         try:
             token = await cred.manager.arefresh()
         except TokenwardError as exc:
@@ -615,80 +619,6 @@ def _routes(app: FastAPI, state: Broker) -> None:
         )
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
 
-    @app.post(
-        "/v1/sessions",
-        tags=["sessions"],
-        responses=_UPSTREAM_ERRORS,
-        status_code=201,
-        response_model=SessionOut,
-    )
-    async def open_session(payload: SessionIn, client: Client) -> JSONResponse:
-        """A fresh session token (and the upstream session, where the preset defines one)."""
-        cred = state.credential(client, payload.credential)
-        if client.policy.max_sessions <= 0:
-            raise BrokerError(403, "forbidden", f"client {client.name!r} may not open sessions")
-        try:
-            opened = await state.sessions.open(client, cred.name, cred.sessions)
-        except BrokerError as exc:
-            state.audit(client.name, cred.name, "session.open", exc.status, error=exc.error)
-            raise
-        except TokenwardError as exc:
-            raise state.failed(client.name, cred, "session.open", exc) from None
-        except httpx2.HTTPError as exc:
-            state.audit(client.name, cred.name, "session.open", 502, error=type(exc).__name__)
-            raise BrokerError(
-                502,
-                "upstream_failed",
-                f"{cred.name}: could not open a session ({type(exc).__name__})",
-            ) from None
-        token = opened.session.token
-        state.audit(client.name, cred.name, "session.open", 201, token, session=opened.id)
-        body = SessionOut(
-            session_id=opened.id,
-            token=token.access_token,
-            expires_at=token.expires_at,
-            fingerprint=token.fingerprint,
-            upstream_session_id=opened.session.id,
-            upstream=opened.session.info,
-        )
-        return JSONResponse(body.model_dump(), 201, headers={"Cache-Control": "no-store"})
-
-    @app.post("/v1/sessions/{session_id}/keepalive", tags=["sessions"], responses=_UPSTREAM_ERRORS)
-    async def keepalive(session_id: str, client: Client) -> KeepaliveOut:
-        """Keep the session (and its upstream session) from being reaped as idle."""
-        found = state.sessions.get(session_id, client)
-        cred_name = found.credential
-        hooks = state.credentials[cred_name].sessions.hooks
-
-        async def upstream(session: AsyncSession) -> None:
-            await hooks.akeep_alive(session._state)  # the hook API takes the session's state
-
-        try:
-            await state.sessions.keepalive(session_id, client, upstream)
-        except httpx2.HTTPError as exc:
-            state.audit(client.name, cred_name, "session.keepalive", 502, session=session_id)
-            raise BrokerError(
-                502, "upstream_failed", f"keepalive failed upstream ({type(exc).__name__})"
-            ) from None
-        state.audit(
-            client.name,
-            cred_name,
-            "session.keepalive",
-            200,
-            found.session.token,
-            session=session_id,
-        )
-        return KeepaliveOut(session_id=session_id, idle_timeout=limits.session_idle_timeout)
-
-    @app.delete("/v1/sessions/{session_id}", tags=["sessions"], responses=_ERRORS, status_code=204)
-    async def close_session(session_id: str, client: Client) -> Response:
-        """Stop the upstream session and forget its token."""
-        found = state.sessions.get(session_id, client)
-        token = found.session.token
-        await state.sessions.close(session_id, client)
-        state.audit(client.name, found.credential, "session.close", 204, token, session=session_id)
-        return Response(status_code=204)
-
     async def proxy(credential: str, path: str, request: Request) -> Response:
         """Forward to the credential's base URL with a fresh token; one replay on expiry."""
         # The guard checked the client key; no `Depends(_client)` here (the hot path: no
@@ -697,6 +627,14 @@ def _routes(app: FastAPI, state: Broker) -> None:
         started = time.monotonic()
         try:
             cred = state.credential(client, credential)
+            if cred.config.session_scoped:
+                raise BrokerError(
+                    400,
+                    "session_required",
+                    f"credential {credential!r} is session-scoped: each token serves one "
+                    "session. Open one with POST /v1/sessions, then send its calls to "
+                    "/v1/sessions/{session_id}/proxy/{path}",
+                )
             target, shown = _target(request, cred)
             if not client.policy.allows_method(request.method):
                 raise BrokerError(
@@ -732,6 +670,7 @@ def _routes(app: FastAPI, state: Broker) -> None:
             responses=_PROXIED,
             openapi_extra={"security": [{_bearer.scheme_name: []}]},
         )
+    session_routes.install(app, state, _client, PROXY_METHODS)
     # The proxy is the hot path: try its routes first. No other route's path starts with
     # /v1/proxy/, so the order decides nothing but how many patterns a proxied request tries.
     app.router.routes.sort(key=lambda route: getattr(route, "path", None) != _PROXY_ROUTE)

@@ -156,6 +156,7 @@ _DESCRIPTIONS = {
     403: "The client's policy does not allow this (credential, method, path, origin).",
     404: "No such credential or session (or another client's session).",
     405: "The method is not allowed on this path.",
+    410: "The session is over (its token expired, or it is being stopped): start a new one.",
     413: "The body exceeds the broker's limit.",
     422: "The request does not match the API (which field, and why).",
     429: "Rate limited (Retry-After says when to retry).",

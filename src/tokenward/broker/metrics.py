@@ -121,6 +121,12 @@ class BrokerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.session_events = Counter(
+            "tokenward_session_events",
+            "Sessions that expired mid-use, and upstream stops that failed (pending: retried).",
+            ["credential", "event"],
+            registry=self.registry,
+        )
         #: Label children by label values, looked up once and reused (`labels()` per request
         #: costs a lock and a tuple check); the keys are configured names and status codes.
         self._requests: dict[tuple[str, int], Counter] = {}
@@ -140,6 +146,11 @@ class BrokerMetrics:
     def auth_failure(self, reason: str) -> None:
         """Count a refused authentication (`missing`, `invalid`, `throttled`)."""
         self.auth_failures.labels(reason).inc()
+
+    def session_event(self, credential: str, event: str) -> Counter:
+        """The `tokenward_session_events_total` child (event: expired, stop_pending,
+        stop_failed)."""
+        return self.session_events.labels(credential, event)
 
     def proxy_histogram(self, credential: str, status: int) -> Histogram:
         """The `tokenward_proxy_seconds` child for (credential, status)."""

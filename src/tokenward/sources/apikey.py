@@ -87,6 +87,11 @@ class ApiKeyExchange(HttpSource):
             raise MalformedTokenResponse(credential, path, "timestamp is in the past")
         return check_expires_in(max(value - now, 0.0), credential, path) or 0.0
 
+    def key_headers(self) -> dict[str, str]:
+        """The API key as the provider expects it on its own calls (a session's stop, where
+        the provider accepts the key instead of the session token)."""
+        return {self.header: self.prefix + self.api_key}
+
     def describe(self) -> str:
         return f"ApiKeyExchange({self.url}, header={self.header!r})"
 

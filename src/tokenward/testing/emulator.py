@@ -85,6 +85,8 @@ ENDPOINTS: Final[Mapping[str, frozenset[str]]] = {
     "token": FAULTS - {"401"},
     "api": _API_FAULTS,
     "session": _API_FAULTS | {"no_access_token"},
+    # streaming.stop (a provider failing to stop a session: the caller must retry, not lie).
+    "stop": frozenset({"503", "500", "429", "timeout", "drop_after_processing"}),
 }
 #: Where :meth:`Emulator.hold` can stall a request.
 HOLD_STAGES: Final = frozenset({"received", "answered"})
@@ -123,6 +125,10 @@ COUNTER_NAMES: Final = (
     "keepalives",
     "tasks",
     "interrupts",
+    "session_tokens_reused",
+    "session_401_expired",
+    "session_api_key_calls",
+    "sessions_refused_quota",
 )
 
 # Settings that may be changed at run time (name -> accepted JSON types), used by configure().
@@ -139,6 +145,10 @@ _SETTINGS: Final[Mapping[str, tuple[type, ...]]] = {
     "session_token_lifetime": (int, float),
     "session_idle_timeout": (int, float),
     "session_duration_limit": (int, float),
+    "session_token_expires_in": (bool,),
+    "session_optional_calls": (list,),
+    "session_api_key_calls": (list,),
+    "session_concurrency": (int,),
     "revoke_old_access_on_refresh": (bool,),
     "fault_delay": (int, float),
     "device_interval": (int,),
@@ -225,6 +235,7 @@ class _DeviceGrant:
 @dataclass
 class _SessionToken:
     expires_at: float
+    account: str
     session_id: str | None = None
 
 
@@ -234,6 +245,7 @@ class _Session:
     token: str
     created_at: float
     last_seen: float
+    account: str
     streaming: bool = False
 
 
@@ -326,6 +338,15 @@ class Emulator:
         self.session_token_lifetime: float = 300
         self.session_idle_timeout: float = 120
         self.session_duration_limit: float = 600
+        #: create_token tells the token's lifetime (`data.expires_in`); HeyGen does not.
+        self.session_token_expires_in: bool = False
+        #: Optional session calls this provider (or plan) has; the others answer 404.
+        self.session_optional_calls: list[str] = ["start", "keep_alive", "interrupt"]
+        #: Session calls accepted with the account's API key (`x-api-key`) instead of the
+        #: session token (for a session of that account).
+        self.session_api_key_calls: list[str] = ["stop"]
+        #: Concurrent open sessions per account (API key); 0: no limit.
+        self.session_concurrency: int = 0
         self.revoke_old_access_on_refresh: bool = False
         self.fault_delay: float = 10.0
         self.device_interval: int = 1
@@ -385,6 +406,8 @@ class Emulator:
                 raise ValueError(f"setting {name} must be a number")
             if not isinstance(value, accepted):
                 raise ValueError(f"bad type for setting {name}")
+            if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+                raise ValueError(f"setting {name} must be a list of strings")
         for name, value in settings.items():
             setattr(self, name, value)
         return self.settings()
@@ -570,10 +593,10 @@ class Emulator:
             life = self.access_lifetime if lifetime is None else lifetime
             return self._new_access(client_id, None, scope, life)
 
-    def issue_session_token(self) -> str:
+    def issue_session_token(self, api_key: str = "") -> str:
         """Mint a HeyGen-style session token directly, as create_token would."""
         with self._lock:
-            return self._new_session_token()
+            return self._new_session_token(api_key)
 
     def expire_access_tokens(self) -> None:
         """Make every access token issued so far expired (refresh tokens stay valid)."""
@@ -647,9 +670,10 @@ class Emulator:
         self._families[family].refresh_tokens.add(token)
         return token
 
-    def _new_session_token(self) -> str:
+    def _new_session_token(self, api_key: str) -> str:
         token = secrets.token_urlsafe(32)
-        self._session_tokens[token] = _SessionToken(self.now() + self.session_token_lifetime)
+        life = self.session_token_lifetime
+        self._session_tokens[token] = _SessionToken(self.now() + life, fingerprint(api_key))
         self._counters["session_tokens"] += 1
         return token
 
@@ -1050,7 +1074,10 @@ class Emulator:
                 hmac.compare_digest(api_key.encode(), known.encode()) for known in self._api_keys
             ):
                 return _session_error(401, "invalid api key")
-            return _Reply(200, {"error": None, "data": {"token": self._new_session_token()}})
+            data: dict[str, Any] = {"token": self._new_session_token(api_key)}
+            if self.session_token_expires_in:
+                data["expires_in"] = _seconds(self.session_token_lifetime)
+            return _Reply(200, {"error": None, "data": data})
 
     def _reap_sessions(self) -> None:
         """Close sessions idle for session_idle_timeout or older than session_duration_limit."""
@@ -1072,12 +1099,22 @@ class Emulator:
             self._reap_sessions()
             token = _bearer(authorization)
             record = self._session_tokens.get(token) if token else None
-            if record is None or record.session_id is not None or self.now() >= record.expires_at:
+            if record is None:
+                return _session_error(401, "unauthorized")
+            if record.session_id is not None:  # one token, one session
+                self._counters["session_tokens_reused"] += 1
                 return _session_error(401, "unauthorized")
             now = self.now()
+            if now >= record.expires_at:
+                self._counters["session_401_expired"] += 1
+                return _session_error(401, "unauthorized")
+            held = sum(1 for s in self._sessions.values() if s.account == record.account)
+            if self.session_concurrency and held >= self.session_concurrency:
+                self._counters["sessions_refused_quota"] += 1
+                return _session_error(400, "concurrent session limit reached")
             session_id = secrets.token_hex(16)
             record.session_id = session_id
-            self._sessions[session_id] = _Session(session_id, token, now, now)
+            self._sessions[session_id] = _Session(session_id, token, now, now, record.account)
             self._counters["sessions_started"] += 1
             ws_base = "ws" + base_url.removeprefix("http")
             data = {
@@ -1089,22 +1126,53 @@ class Emulator:
             }
             return _Reply(200, {"code": 100, "message": "success", "data": data})
 
+    def _session_caller(
+        self, action: str, authorization: str | None, api_key: str | None, session_id: str
+    ) -> _Session | _Reply:
+        """The session a call may act on: by its own (unexpired) token, or by its account's
+        API key where the provider accepts the key for this call."""
+        session = self._sessions.get(session_id)
+        if api_key and action in self.session_api_key_calls:
+            known = any(hmac.compare_digest(api_key.encode(), k.encode()) for k in self._api_keys)
+            if not known or session is None or session.account != fingerprint(api_key):
+                return _session_error(401, "unauthorized")
+            self._counters["session_api_key_calls"] += 1
+            return session
+        token = _bearer(authorization)
+        record = self._session_tokens.get(token) if token else None
+        if record is None or record.session_id is None:
+            return _session_error(401, "unauthorized")
+        if self.now() >= record.expires_at:
+            self._counters["session_401_expired"] += 1
+            return _session_error(401, "unauthorized")
+        if session is None or session.token != token:
+            return _session_error(401, "unauthorized")
+        return session
+
     def streaming_call(
-        self, action: str, authorization: str | None, payload: Mapping[str, Any]
+        self,
+        action: str,
+        authorization: str | None,
+        payload: Mapping[str, Any],
+        api_key: str | None = None,
     ) -> _Reply:
-        """start / task / keep_alive / interrupt / stop on a session owned by the token."""
+        """start / task / keep_alive / interrupt / stop on a session owned by the token (or,
+        for the calls in `session_api_key_calls`, by the API key's account)."""
         with self._lock:
             self._reap_sessions()
-            token = _bearer(authorization)
-            record = self._session_tokens.get(token) if token else None
-            if record is None or record.session_id is None:
-                return _session_error(401, "unauthorized")
+            if action in ("start", "keep_alive", "interrupt") and (
+                action not in self.session_optional_calls
+            ):
+                return _session_error(404, f"streaming.{action} is not available")
             session_id = payload.get("session_id")
             if not isinstance(session_id, str) or not session_id:
+                if not _bearer(authorization) and not api_key:
+                    return _session_error(401, "unauthorized")
                 return _session_error(400, "session_id is required")
-            session = self._sessions.get(session_id)
-            if session is None or session.token != token:
-                return _session_error(401, "unauthorized")
+            found = self._session_caller(action, authorization, api_key, session_id)
+            if isinstance(found, _Reply):
+                return found
+            session = found
             session.last_seen = self.now()
             data: dict[str, Any] | None = None
             if action == "start":
@@ -1125,7 +1193,7 @@ class Emulator:
             elif action == "interrupt":
                 self._counters["interrupts"] += 1
             elif action == "stop":
-                self._close_session(session_id)
+                self._close_session(session.session_id)
                 self._counters["sessions_stopped"] += 1
             else:  # pragma: no cover - routes only pass known actions
                 return _session_error(404, "unknown action")
@@ -1434,7 +1502,14 @@ class _Handlers:
             if failure is not None:
                 return _respond(failure)
             auth = request.headers.get("authorization")
-            return _respond(self.emu.streaming_call(action, auth, payload))
+            key = request.headers.get("x-api-key")
+            if action != "stop":
+                return _respond(self.emu.streaming_call(action, auth, payload, key))
+
+            async def work() -> _Reply:
+                return self.emu.streaming_call(action, auth, payload, key)
+
+            return await self.run_with_faults(request, "stop", 0.0, work)
 
         return endpoint
 
