@@ -48,7 +48,7 @@ session_idle_timeout = 30.0
 reap_interval = 0.05
 
 [broker.policies.page]
-credentials = ["avatar", "plain"]
+credentials = ["*"]
 methods = ["POST"]
 paths = ["/v1/streaming.*"]
 max_sessions = {max_sessions}
@@ -67,7 +67,7 @@ policy = "page"
 key_sha256 = "{hash_key(keys["narrow"])}"
 policy = "page"
 paths = ["/v1/streaming.task"]
-{extra}
+{extra.replace("{url}", emulator_url)}
 """
     path = tmp / "tokenward.toml"
     path.write_text(text, encoding="utf-8")
