@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest browser demo bench soak fuzz clean cli-reference docs-tools
+.PHONY: test lint typecheck pytest browser demo bench soak fuzz clean cli-reference docs-tools pgbouncer
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ browser:
 	    apt-get update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# tests/test_liveness.py runs its own PgBouncer (transaction pooling) in front of PostgreSQL.
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || { \
+	    echo "installing pgbouncer (apt-get)"; \
+	    apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
+
 # The docs' shell snippets use curl and jq (tests/test_docs_snippets.py runs them).
 docs-tools:
 	@command -v curl >/dev/null 2>&1 && command -v jq >/dev/null 2>&1 || { \
@@ -33,7 +40,7 @@ docs-tools:
 	    apt-get update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq >/dev/null; }
 
-pytest: $(STAMP) browser docs-tools
+pytest: $(STAMP) browser docs-tools pgbouncer
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

@@ -294,7 +294,10 @@ def test_lease_holder_killed_mid_refresh(
     )
     token = survivor.token()
     took_over = time.time() - killed_at
-    assert 0.5 < took_over < 8, took_over  # it waited for the dead holder's lease to lapse
+    # The dead holder is provably dead (its pid and its store connection are gone): taken over
+    # at once rather than after its lease lapses (tests/test_liveness.py proves it with a 30 s
+    # lease; bench/liveness.py measures it).
+    assert took_over < 8, took_over
     record = store.load("ml:seller-kill")
     assert record is not None and record.state == "ok" and record.refresh_token is not None
     assert record.version == 2 and record.access_token == token.access_token

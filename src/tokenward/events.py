@@ -25,6 +25,9 @@ _LEVELS = {
     "sessions.close_timeout": logging.WARNING,
     "session.stop_failed": logging.WARNING,
     "session.expired": logging.WARNING,
+    "lease.taken_over": logging.WARNING,
+    "lease.holder_silent": logging.WARNING,
+    "lease.waiting_in_flight": logging.WARNING,
 }
 
 

@@ -38,9 +38,9 @@ from .errors import (
 from .retry import RetryPolicy
 from .sources.base import HttpSource, Source
 from .sources.function import Called, FunctionSource, atimed, timed
-from .stores.base import Record, Store
+from .stores.base import Claim, Record, Store
 from .stores.encrypted import PREFIX as ENCRYPTED_PREFIX
-from .token import Token
+from .token import Token, fingerprint
 from .transport import HttpRequest, send, send_async
 
 __all__ = ["FlowContext", "mint_flow", "refresh_flow", "run", "run_async"]
@@ -97,7 +97,70 @@ class Invoke:
     current: Token | None
 
 
-Op = Load | Save | Acquire | Renew | Release | Sleep | Http | Invoke
+@dataclass(frozen=True, slots=True)
+class Inspect:
+    """Who holds the lease on `key` (or, with `in_flight`, has its refresh token in flight), and
+    whether that process still runs. The driver answers with a `Holder`, or None."""
+
+    key: str
+    in_flight: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    claim: Claim
+    #: True alive, False provably dead, None unknown (`Store.holder_alive`).
+    alive: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class TakeOver:
+    """Take the lease of a provably dead holder (`Store.take_over_lease`)."""
+
+    key: str
+    dead_owner: str
+    owner: str
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class MarkInFlight:
+    key: str
+    owner: str
+    fingerprint: str
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClearInFlight:
+    key: str
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """An event for the driver to emit (`tokenward.events`)."""
+
+    event: str
+    key: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Op = (
+    Load
+    | Save
+    | Acquire
+    | Renew
+    | Release
+    | Sleep
+    | Http
+    | Invoke
+    | Inspect
+    | TakeOver
+    | MarkInFlight
+    | ClearInFlight
+    | Notify
+)
 Flow = Generator[Op, Any, Token]
 
 
@@ -115,6 +178,8 @@ class FlowContext:
     lease_ttl: float = 30.0
     #: How long to wait for another process's refresh before giving up.
     lease_wait: float = 60.0
+    #: The longest one token request may take: how long an in-flight record stands.
+    request_deadline: float = 60.0
 
 
 # -- the protocol -------------------------------------------------------------------------------
@@ -131,14 +196,27 @@ def refresh_flow(ctx: FlowContext, seen: Token | None, force: bool = False) -> F
     if (token := (yield from _take_lease(ctx, seen))) is not None:
         return token
     leased_at = time.monotonic()
+    sent: str | None = None  # the refresh token our in-flight record may name
     try:
         rec = yield Load(ctx.key)  # reload under the lease: someone may have just refreshed
         if (token := _adoptable(ctx, rec, seen)) is not None:
             return token
         if ctx.source.needs_record and (rec is None or not rec.refresh_token):
             raise CredentialNotSeeded(ctx.key)
-        return (yield from _refresh(ctx, rec, leased_at))
+        waited = yield from _await_in_flight(ctx, rec, seen)
+        if isinstance(waited, Token):
+            return waited
+        sent = waited.refresh_token if waited is not None else None
+        token = yield from _refresh(ctx, waited, leased_at)
+        if token.refresh_token != sent:
+            # Rotated: our in-flight record names a refresh token that no record holds any
+            # more, so it holds nobody up; it lapses at its deadline (one write saved).
+            sent = None
+        return token
     finally:
+        if sent and _guards_in_flight(ctx):
+            with contextlib.suppress(StoreError):  # else it lapses at its deadline
+                yield ClearInFlight(ctx.key, ctx.owner)
         yield Release(ctx.key, ctx.owner)
 
 
@@ -180,19 +258,108 @@ def _check_readable(ctx: FlowContext, rec: Record | None) -> None:
 
 
 def _take_lease(ctx: FlowContext, seen: Token | None) -> Generator[Op, Any, Token | None]:
-    """Acquire the lease (returns None), or adopt what its holder stored meanwhile."""
+    """Acquire the lease (returns None), or adopt what its holder stored meanwhile.
+
+    A holder that is provably dead (`Store.holder_alive`) loses its lease at once, instead of
+    stalling everyone for the rest of its TTL. One whose liveness cannot be known is waited out,
+    as before, and said so: `lease.holder_silent` when the wait starts, `lease.silent_wait_ended`
+    with how long it lasted."""
     started = time.monotonic()
     pause = 0.01
+    silent_since: float | None = None
+    waited = 0.0
     while not (yield Acquire(ctx.key, ctx.owner, ctx.lease_ttl)):
         rec = yield Load(ctx.key)
         if (token := _adoptable(ctx, rec, seen)) is not None:
+            yield from _silence_ended(ctx, silent_since, waited, "adopted")
             return token
+        holder: Holder | None = yield Inspect(ctx.key)
         waited = time.monotonic() - started
+        if holder is not None and holder.alive is False:
+            claim = holder.claim
+            if (yield TakeOver(ctx.key, claim.owner, ctx.owner, ctx.lease_ttl)):
+                yield Notify("lease.taken_over", ctx.key, {"dead_holder": claim.owner})
+                break
+            continue  # the lease moved meanwhile: look again at once
+        if holder is not None and holder.alive is None and silent_since is None:
+            silent_since = waited
+            yield _silent(ctx, holder.claim, "lease")
         if waited > ctx.lease_wait:
+            yield from _silence_ended(ctx, silent_since, waited, "timeout")
             raise LeaseTimeout(ctx.key, waited)
         yield Sleep(pause)
         pause = min(pause * 2, 0.2)
+    yield from _silence_ended(ctx, silent_since, waited, "acquired")
     return None
+
+
+def _silent(ctx: FlowContext, claim: Claim, what: str) -> Notify:
+    """`lease.holder_silent`: waiting on a holder whose liveness this process cannot know."""
+    fields = {"waiting_on": what, "holder": claim.owner, "at_most": round(claim.expires_in, 3)}
+    return Notify("lease.holder_silent", ctx.key, fields)
+
+
+def _silence_ended(
+    ctx: FlowContext, since: float | None, now: float, outcome: str
+) -> Generator[Op, Any, None]:
+    if since is not None:
+        fields = {"waited": round(max(now - since, 0.0), 3), "outcome": outcome}
+        yield Notify("lease.silent_wait_ended", ctx.key, fields)
+
+
+def _guards_in_flight(ctx: FlowContext) -> bool:
+    """Sources whose refresh token is single-use: a second process presenting the same one
+    would be refused (and, with reuse detection, revoke the whole family)."""
+    return ctx.source.rotating and ctx.source.needs_record
+
+
+def _await_in_flight(
+    ctx: FlowContext, rec: Record | None, seen: Token | None
+) -> Generator[Op, Any, Token | Record | None]:
+    """Under the lease, before spending `rec`'s refresh token: if another process has that very
+    token in flight (it was stalled past its lease, or died), wait until its answer is stored
+    (adopt it), its holder is provably dead, or its request's deadline passes. Returns the
+    record to refresh from, or the token adopted meanwhile."""
+    if not _guards_in_flight(ctx) or rec is None or not rec.refresh_token:
+        return rec
+    spent = fingerprint(rec.refresh_token)
+    pause = 0.01
+    slept = 0.0  # the sum of our pauses: how long we waited, give or take store round trips
+    announced = silent = False
+    while True:
+        holder: Holder | None = yield Inspect(ctx.key, in_flight=True)
+        if (
+            holder is None
+            or holder.alive is False
+            or holder.claim.owner == ctx.owner
+            or holder.claim.fingerprint != spent
+        ):
+            yield from _silence_ended(ctx, 0.0 if silent else None, slept, "in_flight_over")
+            return rec
+        if not announced:
+            announced, silent = True, holder.alive is None
+            yield (
+                _silent(ctx, holder.claim, "in_flight")
+                if silent
+                else Notify(
+                    "lease.waiting_in_flight",
+                    ctx.key,
+                    {"holder": holder.claim.owner, "at_most": round(holder.claim.expires_in, 3)},
+                )
+            )
+        yield Sleep(pause)
+        slept += pause
+        pause = min(pause * 2, 0.2)
+        if not (yield Renew(ctx.key, ctx.owner, ctx.lease_ttl)) and not (
+            yield Acquire(ctx.key, ctx.owner, ctx.lease_ttl)
+        ):
+            raise LeaseTimeout(ctx.key, slept)
+        latest: Record | None = yield Load(ctx.key)
+        if (token := _adoptable(ctx, latest, seen)) is not None:
+            yield from _silence_ended(ctx, 0.0 if silent else None, slept, "adopted")
+            return token
+        if latest is not None and latest.refresh_token != rec.refresh_token:
+            return latest  # re-seeded, or rotated without a fresh access token
 
 
 class _Rotated(Exception):
@@ -271,6 +438,11 @@ def _refresh(ctx: FlowContext, rec: Record | None, leased_at: float | None = Non
             and not (yield Acquire(ctx.key, ctx.owner, ctx.lease_ttl))
         ):
             raise LeaseTimeout(ctx.key, time.monotonic() - started)
+        if _guards_in_flight(ctx) and rec is not None and rec.refresh_token:
+            # Before the refresh token leaves: a process that takes our lease while we are
+            # stalled must not present it again (see _await_in_flight).
+            spent = fingerprint(rec.refresh_token)
+            yield MarkInFlight(ctx.key, ctx.owner, spent, ctx.request_deadline)
         try:
             lease = Renew(ctx.key, ctx.owner, ctx.lease_ttl)
             grant = yield from _fetch(ctx.source, ctx.key, rec, lease)
@@ -557,6 +729,18 @@ def _execute(op: Op, store: Store | None, client: httpx2.Client) -> Any:
             if source.is_async:
                 return timed(lambda: _call_async_function(source, current))
             return timed(lambda: source.fn(current))
+        case Inspect(key, in_flight):
+            store = _need(store)
+            claim = store.in_flight(key) if in_flight else store.lease_holder(key)
+            return None if claim is None else Holder(claim, store.holder_alive(claim.holder))
+        case TakeOver(key, dead_owner, owner, ttl):
+            return _need(store).take_over_lease(key, dead_owner, owner, ttl)
+        case MarkInFlight(key, owner, spent, ttl):
+            return _need(store).mark_in_flight(key, owner, spent, ttl)
+        case ClearInFlight(key, owner):
+            return _need(store).clear_in_flight(key, owner)
+        case Notify(event, key, fields):
+            return events.emit(event, key, **fields)
     raise TypeError(f"unknown operation {op!r}")
 
 
@@ -584,6 +768,20 @@ async def _aexecute(op: Op, store: Store | None, client: httpx2.AsyncClient) -> 
             if source.is_async:
                 return await atimed(lambda: source.fn(current))  # type: ignore[arg-type,return-value]
             return await atimed(lambda: asyncio.to_thread(source.fn, current))
+        case Inspect(key, in_flight):
+            store = _need(store)
+            claim = await (store.ain_flight(key) if in_flight else store.alease_holder(key))
+            if claim is None:
+                return None
+            return Holder(claim, await store.aholder_alive(claim.holder))
+        case TakeOver(key, dead_owner, owner, ttl):
+            return await _need(store).atake_over_lease(key, dead_owner, owner, ttl)
+        case MarkInFlight(key, owner, spent, ttl):
+            return await _need(store).amark_in_flight(key, owner, spent, ttl)
+        case ClearInFlight(key, owner):
+            return await _need(store).aclear_in_flight(key, owner)
+        case Notify(event, key, fields):
+            return events.emit(event, key, **fields)
     raise TypeError(f"unknown operation {op!r}")
 
 

@@ -356,7 +356,16 @@ class TokenManager:
             retry=self._retry,
             lease_ttl=self._lease_ttl,
             lease_wait=self._lease_wait,
+            request_deadline=self._request_deadline(),
         )
+
+    def _request_deadline(self) -> float:
+        """How long a token request of ours can take (its client's timeouts, all phases), plus
+        a second of slack: how long its in-flight record keeps other processes from
+        presenting the same refresh token."""
+        client = self._client
+        timeout = client.timeout if client is not None and not self._own_client else self._timeout
+        return longest_request(timeout) + 1.0
 
     def _current_stored(self) -> Token | None:
         rec = self.store.load(self.key)

@@ -89,6 +89,7 @@ MIGRATIONS.append(
 )
 LATEST = MIGRATIONS[-1][0]
 
+_PORT = "SELECT current_setting('port')::int"
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -212,6 +213,8 @@ class PostgresStore(Store):
         self._sql = _Statements(schema)
         self._guard = threading.Lock()
         self._liveness = liveness
+        #: Reached through a connection pooler (see `_check_direct`).
+        self._pooled = False
         self._live_lock = threading.Lock()
         self._live: psycopg.Connection[Any] | None = None
         self._live_pid = 0
@@ -282,6 +285,7 @@ class PostgresStore(Store):
     def session_liveness(self) -> bool:
         """True when this store can prove a lease holder on another host dead: it reaches the
         server directly (not through a pooler such as PgBouncer) and `liveness` is on."""
+        self._sync_pool()
         return self._session() is not None
 
     def _session(self) -> str | None:
@@ -313,10 +317,8 @@ class PostgresStore(Store):
         self._live_key = None
         conn = psycopg.connect(self._url, **self._connect_options())
         self._live, self._live_pid = conn, os.getpid()
-        row = conn.execute("SELECT current_setting('port')::int").fetchone()
-        if row is None or conn.info.port != row[0]:
-            # Something between us and the server (a pooler, a proxy): for good.
-            self._liveness = False
+        self._check_direct(conn.info.port, conn.execute(_PORT).fetchone())
+        if not self._liveness:
             self._drop_live()
             return None
         lock = secrets.randbelow(2**62) + 1
@@ -450,6 +452,7 @@ class PostgresStore(Store):
                     raise StoreError(self._unreachable(exc)) from None
                 with conn:
                     self._migrate(conn)
+                    self._check_direct(conn.info.port, conn.execute(_PORT).fetchone())
                 pool = psycopg_pool.ConnectionPool(self._url, open=False, **self._pool_options())
                 try:
                     pool.open(wait=True, timeout=self._timeout)
@@ -481,6 +484,7 @@ class PostgresStore(Store):
             raise StoreError(self._unreachable(exc)) from None
         async with conn:
             await self._amigrate(conn)
+            self._check_direct(conn.info.port, await (await conn.execute(_PORT)).fetchone())
         pool = psycopg_pool.AsyncConnectionPool(self._url, open=False, **self._pool_options())
         try:
             await pool.open(wait=True, timeout=self._timeout)
@@ -494,12 +498,24 @@ class PostgresStore(Store):
     def _connect_options(self) -> dict[str, Any]:
         return {"autocommit": True, "connect_timeout": max(2, round(self._timeout))}
 
+    def _check_direct(self, port: int, row: tuple[Any, ...] | None) -> None:
+        """A server that listens on another port than the one we connected to is reached
+        through something in between: most often PgBouncer, whose transaction pooling hands
+        each transaction to any server session. Then server-side prepared statements (which
+        belong to a session) are off, and a session proves nothing about a client's liveness."""
+        if row is None or row[0] != port:
+            self._pooled = True
+            self._liveness = False
+
     def _pool_options(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if self._pooled:
+            kwargs["prepare_threshold"] = None
         return {
             "min_size": 1,
             "max_size": self._max_size,
             "timeout": self._timeout,
-            "kwargs": {"autocommit": True},
+            "kwargs": kwargs,
             "name": f"tokenward-{self.schema}",
         }
 
