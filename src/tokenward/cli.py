@@ -809,6 +809,8 @@ def _login_device(settings: CredentialConfig, timeout: float) -> Token:
 @click.option("--no-browser", is_flag=True, help="Print the URL without opening a browser.")
 @click.option("--port", type=int, default=None, help="Callback port (default: redirect_port/0).")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait.")
+@click.option("--name", "as_name", default=None, help="MCP login: the credential name to store.")
+@click.option("--scope", default=None, help="MCP login: the scope to request.")
 @_config_option
 def login(
     name: str,
@@ -816,6 +818,8 @@ def login(
     no_browser: bool,
     port: int | None,
     timeout: float,
+    as_name: str | None,
+    scope: str | None,
     config_path: Path | None,
 ) -> None:
     """Log in to NAME (authorization code + PKCE, or --device) and store the tokens.
@@ -827,7 +831,10 @@ def login(
       tokenward login ml                  # opens the browser
       tokenward login ml --no-browser     # prints the URL only
       tokenward login gh --device         # headless: enter a code on another device
+      tokenward login https://mcp.example.com/mcp --name mcp-example   # an MCP server
     """
+    if _login_mcp(name, as_name, device, not no_browser, port, scope, timeout, config_path):
+        return
     config = _load(config_path)
     settings = config.credential_config(name)
     if device:
@@ -836,6 +843,46 @@ def login(
         chosen = port if port is not None else int(settings.settings.get("redirect_port", 0))
         fresh = _login_code(settings, chosen, not no_browser, timeout)
     _seed(settings, config, fresh)
+
+
+def _login_mcp(
+    argument: str,
+    as_name: str | None,
+    device: bool,
+    browser: bool,
+    port: int | None,
+    scope: str | None,
+    timeout: float,
+    config_path: Path | None,
+) -> bool:
+    """An MCP server's URL (or a `grant = "mcp"` credential): the login in tokenward.mcp_login,
+    the credential added to the configuration first when it is new. False: not an MCP login."""
+    from . import mcp_login
+
+    config: Config | None = None
+    try:
+        config = _load(config_path)
+    except ConfigError:
+        # A URL on a machine without a configuration: the login starts one.
+        if not mcp_login.is_server_url(argument) or _target_path(config_path).exists():
+            raise
+    target = mcp_login.mcp_target(argument, as_name, config)
+    if target is None:
+        return False
+    if device:
+        raise ConfigError("MCP servers offer no device flow (RFC 8628): log in with the browser")
+    name, server_url = target
+    if config is None or name not in config.credentials:
+        path = config.path if config is not None and config.path else _target_path(config_path)
+        _append_credential(path, name, {"grant": "mcp", "mcp_server": server_url})
+        config = load_config(path)
+    store = config.store_for(config.credential_config(name))
+    say = lambda text: click.echo(text, err=True)  # noqa: E731
+    record = mcp_login.login(
+        server_url, name, store, say=say, browser=browser, port=port, scope=scope, timeout=timeout
+    )
+    click.echo(mcp_login.summary(name, record))
+    return True
 
 
 # -- revoke, import-env, demo ---------------------------------------------------------------------

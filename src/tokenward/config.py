@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 CONFIG_ENV = "TOKENWARD_CONFIG"
-GRANTS = ("refresh_token", "client_credentials", "api_key")
+GRANTS = ("refresh_token", "client_credentials", "api_key", "mcp")
 CLIENT_AUTHS = ("basic", "body", "none")
 #: Keys whose value is a secret: references are expected, inline values warn.
 SECRET_KEYS = frozenset({"client_secret", "api_key"})
@@ -171,6 +171,8 @@ CREDENTIAL_KEYS: dict[str, tuple[Check, str]] = {
     "store": _STR,
     "store_variables": _TABLE,
     "expiry_rule": (_is_table, "a table"),
+    # grant = "mcp": the MCP server (its registration and endpoints are stored with the grant).
+    "mcp_server": _STR,
 }
 EXPIRY_RULE_KEYS: dict[str, tuple[Check, str]] = {
     "statuses": (_is_int_list, "a list of HTTP status codes, e.g. [401]"),
@@ -336,6 +338,12 @@ def _expand_base_url(settings: dict[str, Any], where: str) -> None:
 
 def _check_required(settings: Mapping[str, Any], where: str) -> None:
     grant = settings.get("grant", "refresh_token")
+    if grant == "mcp":
+        if not isinstance(settings.get("mcp_server"), str):
+            raise ConfigError(
+                f"{where}: mcp_server (the MCP server's URL) is required for grant = 'mcp'"
+            )
+        return
     needed = {"api_key": ["api_key"], "client_credentials": ["client_id", "client_secret"]}.get(
         grant, ["client_id"]
     )
@@ -454,6 +462,10 @@ class CredentialConfig:
                 expires_in_path=self.settings.get("expires_in_path"),
                 default_lifetime=self.settings.get("default_lifetime"),
             )
+        if self.grant == "mcp":
+            from .integrations.mcp import McpRefreshGrant  # the `mcp` extra: imported on use
+
+            return McpRefreshGrant(server_url=self.require("mcp_server", "refresh MCP tokens"))
         token_url = self.require("token_url", "refresh tokens")
         client_id = self.secret("client_id") or ""
         if self.grant == "client_credentials":

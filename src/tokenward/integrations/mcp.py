@@ -379,6 +379,7 @@ class McpOAuth(OAuthClientProvider):
             key, McpRefreshGrant(server_url=server_url), store, **manager_options
         )
         self._auth = TokenAuth(self.manager)
+        self._force_login = False
 
     @property
     def interactive(self) -> bool:
@@ -419,7 +420,7 @@ class McpOAuth(OAuthClientProvider):
     async def _auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, Any]:
         """The stored grant through tokenward's replay flow; the SDK's login flow only when a
         person must authorize and can (handlers given); else `McpLoginRequired`."""
-        stored = await self._grant_ready()
+        stored = not self._force_login and await self._grant_ready()
         logging_in = not stored and self.interactive
         if stored:
             inner = self._auth.async_auth_flow(request)
@@ -446,6 +447,29 @@ class McpOAuth(OAuthClientProvider):
                 response = yield outgoing
         finally:
             await inner.aclose()
+
+    async def login(self, timeout: float = 30.0) -> Record:
+        """Log in now (the SDK's discovery, registration and PKCE flow through the handlers),
+        whatever is stored, and return the stored record. `tokenward login URL` uses it; an
+        agent platform calls it once per end user."""
+        if not self.interactive:
+            raise ValueError("McpOAuth.login() needs redirect_handler and callback_handler")
+        self._force_login = True
+        try:
+            async with httpx2.AsyncClient(auth=self, timeout=timeout) as client:
+                answer = await client.post(
+                    self.context.server_url,
+                    json={"jsonrpc": "2.0", "id": 0, "method": "ping"},
+                    headers={"Accept": "application/json, text/event-stream"},
+                )
+        finally:
+            self._force_login = False
+        record = await self.store.aload(self.key)
+        if record is None or not record.access_token or answer.status_code == 401:
+            raise self._login_required(
+                f"the login did not produce a grant (the server answered HTTP {answer.status_code})"
+            )
+        return record
 
     async def _anonymous(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, Any]:
         """No grant and no way to get one here: the server may not need one; a 401 says it does."""

@@ -1,0 +1,187 @@
+"""`tokenward login <MCP server URL>`: log a person in to a remote MCP server and store the grant
+under a credential name (`grant = "mcp"` in tokenward.toml), so that `tokenward status` shows
+it and `McpOAuth` / `tokenward.credential(NAME)` refresh it.
+
+The login is the `mcp` SDK's own flow, run by `McpOAuth.login()`: protected-resource metadata
+(RFC 9728), authorization-server metadata (RFC 8414), dynamic client registration (RFC 7591)
+and the PKCE authorization-code flow. This module only does the person's side: a loopback
+listener for the redirect (bound first, because its address is registered with the client),
+the browser, and what to print. A re-login reuses the stored registration and its redirect
+port. The device flow (RFC 8628) is refused with a clear error: the SDK has no device flow and
+MCP authorization servers advertise none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import webbrowser
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .config import Config
+from .errors import TokenwardError
+from .sources.authorization import AuthorizationDenied
+from .stores.base import Record, Store
+from .token import fingerprint
+
+__all__ = ["is_server_url", "login", "mcp_target", "summary"]
+
+
+def is_server_url(value: str) -> bool:
+    """Whether `tokenward login`'s argument is an MCP server's URL rather than a name."""
+    return value.startswith(("https://", "http://"))
+
+
+def default_name(server_url: str) -> str:
+    """A credential name for a server when `--name` is not given: `mcp-<host>`."""
+    host = urlsplit(server_url).hostname or "server"
+    return "mcp-" + host.replace(".", "-")
+
+
+def mcp_target(argument: str, name: str | None, config: Config | None) -> tuple[str, str] | None:
+    """(credential name, server URL) when `tokenward login ARGUMENT` is an MCP login: a URL, or
+    the name of a credential with `grant = "mcp"`. None for any other credential."""
+    if is_server_url(argument):
+        return name or default_name(argument), argument
+    settings = config.credentials.get(argument) if config is not None else None
+    if settings is not None and settings.grant == "mcp":
+        return argument, settings.require("mcp_server", "log in")
+    return None
+
+
+class _Callback(BaseHTTPRequestHandler):
+    """Receives the one redirect of the login (the query holds the code: never logged)."""
+
+    server: _CallbackServer
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path != "/callback":
+            self.send_error(404)
+            return
+        self.server.result = dict(parse_qsl(parts.query))
+        body = b"<html><body>tokenward: login complete, you can close this tab.</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.server.done.set()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+class _CallbackServer(HTTPServer):
+    def __init__(self, port: int) -> None:
+        super().__init__(("127.0.0.1", port), _Callback)
+        self.result: dict[str, str] | None = None
+        self.done = threading.Event()
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/callback"
+
+
+def _stored_port(record: Record | None) -> int:
+    """The redirect port the stored registration was made with (0 when there is none)."""
+    from .integrations.mcp import McpRegistration
+
+    registration = McpRegistration.from_record(record)
+    uris = registration.client.get("redirect_uris") if registration else None
+    if isinstance(uris, list) and uris and isinstance(uris[0], str):
+        port = urlsplit(uris[0]).port
+        if urlsplit(uris[0]).hostname == "127.0.0.1" and port:
+            return port
+    return 0
+
+
+def login(
+    server_url: str,
+    name: str,
+    store: Store,
+    *,
+    say: Callable[[str], None],
+    browser: bool = True,
+    port: int | None = None,
+    scope: str | None = None,
+    timeout: float = 300.0,
+) -> Record:
+    """Log in to the MCP server at `server_url` and store the grant under `name` in `store`."""
+    from mcp.shared.auth import AuthorizationCodeResult
+
+    from .integrations.mcp import McpOAuth, default_client_metadata
+
+    listener = _CallbackServer(port if port is not None else _stored_port(store.load(name)))
+    thread = threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.daemon = True
+    thread.start()
+
+    async def redirect_handler(url: str) -> None:
+        say(f"Open this URL to authorize tokenward:\n{url}")
+        if browser:
+            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+        say(
+            f"Waiting up to {timeout:.0f}s for the redirect to {listener.redirect_uri} "
+            "(Ctrl-C cancels)."
+        )
+
+    async def callback_handler() -> AuthorizationCodeResult:
+        if not await asyncio.to_thread(listener.done.wait, timeout):
+            raise AuthorizationDenied(
+                f"no login callback within {timeout:.0f}s; run `tokenward login` again"
+            )
+        query = listener.result or {}
+        if query.get("error"):
+            detail = query.get("error_description")
+            raise AuthorizationDenied(
+                f"the authorization server refused the login: {query['error']}"
+                + (f" ({detail})" if detail else "")
+            )
+        return AuthorizationCodeResult(
+            code=query.get("code", ""), state=query.get("state"), iss=query.get("iss")
+        )
+
+    auth = McpOAuth(
+        server_url,
+        name,
+        store,
+        client_metadata=default_client_metadata(listener.redirect_uri, scope),
+        redirect_handler=redirect_handler,
+        callback_handler=callback_handler,
+    )
+
+    async def run() -> Record:
+        try:
+            return await auth.login(timeout=timeout)
+        finally:
+            await auth.aclose()
+
+    try:
+        return asyncio.run(run())
+    except AuthorizationDenied:
+        raise
+    except TokenwardError:
+        raise
+    except Exception as exc:  # the SDK's OAuthFlowError & co: say what failed, no traceback
+        raise AuthorizationDenied(f"the MCP login failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        listener.shutdown()
+        listener.server_close()
+
+
+def summary(name: str, record: Record) -> str:
+    """What `tokenward login` prints after an MCP login (no secret)."""
+    from .integrations.mcp import McpRegistration
+
+    registration = McpRegistration.from_record(record)
+    client = registration.client_id if registration else None
+    refresh = "with" if record.refresh_token else "WITHOUT"
+    return (
+        f"logged in {name}: token {fingerprint(record.access_token)} (version {record.version}), "
+        f"{refresh} a refresh token; client {client}, token endpoint "
+        f"{registration.token_endpoint if registration else '?'}"
+    )
