@@ -157,6 +157,8 @@ CREDENTIAL_KEYS: dict[str, tuple[Check, str]] = {
     "api_key_prefix": _STR,
     "token_path": _STR,
     "expires_in_path": _STR,
+    "expires_at_path": _STR,
+    "token_request_body": (_is_table, "a table (sent as the token request's JSON body)"),
     "default_lifetime": (_is_number, "a number of seconds"),
     "session_scoped": _BOOL,
     # A session-scoped credential's upstream session calls (paths relative to base_url; ""
@@ -460,7 +462,9 @@ class CredentialConfig:
                 prefix=self.settings.get("api_key_prefix", ""),
                 token_path=self.settings.get("token_path", "data.token"),
                 expires_in_path=self.settings.get("expires_in_path"),
+                expires_at_path=self.settings.get("expires_at_path"),
                 default_lifetime=self.settings.get("default_lifetime"),
+                json_body=self.settings.get("token_request_body"),
             )
         if self.grant == "mcp":
             from .integrations.mcp import McpRefreshGrant  # the `mcp` extra: imported on use

@@ -192,13 +192,17 @@ class SessionCalls(SessionHooks):
         if self.new is not None:
             self._opened(state, _ok(state.client.post(self.new, json=self.new_body)))
         if self.start_path is not None:
-            _ok(state.client.post(self.start_path, json=self._ref(state)))
+            answer = _ok(state.client.post(self.start_path, json=self._start_body(state)))
+            if self.new is None:  # the start call opens the session (LiveAvatar)
+                self._opened(state, answer)
 
     async def astart(self, state: SessionState) -> None:
         if self.new is not None:
             self._opened(state, _ok(await state.client.post(self.new, json=self.new_body)))
         if self.start_path is not None:
-            _ok(await state.client.post(self.start_path, json=self._ref(state)))
+            answer = _ok(await state.client.post(self.start_path, json=self._start_body(state)))
+            if self.new is None:
+                self._opened(state, answer)
 
     def stop(self, state: SessionState) -> None:
         if state.upstream_id is None or self.stop_path is None:
@@ -246,6 +250,9 @@ class SessionCalls(SessionHooks):
 
     def _ref(self, state: SessionState) -> dict[str, Any]:
         return {self.id_field: state.upstream_id}
+
+    def _start_body(self, state: SessionState) -> dict[str, Any]:
+        return self._ref(state) if self.new is not None else dict(self.new_body)
 
     def _opened(self, state: SessionState, answer: httpx2.Response) -> None:
         payload = answer.json()

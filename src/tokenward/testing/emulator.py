@@ -670,8 +670,8 @@ class Emulator:
         self._families[family].refresh_tokens.add(token)
         return token
 
-    def _new_session_token(self, api_key: str) -> str:
-        token = secrets.token_urlsafe(32)
+    def _new_session_token(self, api_key: str, prefix: str = "") -> str:
+        token = prefix + secrets.token_urlsafe(32)
         life = self.session_token_lifetime
         self._session_tokens[token] = _SessionToken(self.now() + life, fingerprint(api_key))
         self._counters["session_tokens"] += 1
@@ -1078,6 +1078,30 @@ class Emulator:
             if self.session_token_expires_in:
                 data["expires_in"] = _seconds(self.session_token_lifetime)
             return _Reply(200, {"error": None, "data": data})
+
+    def create_client_secret(self, authorization: str | None) -> _Reply:
+        """POST /v1/realtime/client_secrets (OpenAI Realtime): the API key as a Bearer token
+        in, an ephemeral key out, its expiry as a UNIX time."""
+        with self._lock:
+            key = _bearer(authorization)
+            if not key or not any(
+                hmac.compare_digest(key.encode(), known.encode()) for known in self._api_keys
+            ):
+                return _Reply(401, {"error": {"message": "Incorrect API key provided"}})
+            token = self._new_session_token(key, "ek_")
+            expires = time.time() + self.session_token_lifetime
+            session = {"type": "realtime", "object": "realtime.session"}
+            body = {"value": token, "expires_at": int(expires), "session": session}
+            return _Reply(200, body)
+
+    def create_liveavatar_token(self, api_key: str | None) -> _Reply:
+        """POST /v1/sessions/token (LiveAvatar-style): the API key in X-API-KEY, a token for
+        one session out (its session opens with POST /v1/sessions/start)."""
+        answer = self.create_session_token(api_key)
+        if answer.status != 200 or answer.body is None:
+            return answer
+        token = answer.body["data"]["token"]
+        return _Reply(200, {"code": 1000, "data": {"session_token": token}})
 
     def _reap_sessions(self) -> None:
         """Close sessions idle for session_idle_timeout or older than session_duration_limit."""
@@ -1492,6 +1516,22 @@ class _Handlers:
 
         return await self.run_with_faults(request, "session", self.emu.latency, work, no_store=True)
 
+    async def client_secret(self, request: Request) -> Response:
+        self.emu.count("session_token_requests")
+
+        async def work() -> _Reply:
+            return self.emu.create_client_secret(request.headers.get("authorization"))
+
+        return await self.run_with_faults(request, "session", self.emu.latency, work, no_store=True)
+
+    async def liveavatar_token(self, request: Request) -> Response:
+        self.emu.count("session_token_requests")
+
+        async def work() -> _Reply:
+            return self.emu.create_liveavatar_token(request.headers.get("x-api-key"))
+
+        return await self.run_with_faults(request, "session", self.emu.latency, work, no_store=True)
+
     async def streaming_new(self, request: Request) -> Response:
         base = _base_url(request)
         return _respond(self.emu.streaming_new(request.headers.get("authorization"), base))
@@ -1653,6 +1693,12 @@ def create_app(emulator: Emulator, closing: threading.Event | None = None) -> St
         Route("/api/{path:path}", h.api, methods=api_methods),
         Route("/v1/streaming.create_token", h.create_token, methods=["POST"]),
         Route("/v1/streaming.new", h.streaming_new, methods=["POST"]),
+        # The same provider behind OpenAI Realtime's and LiveAvatar's shapes.
+        Route("/v1/realtime/client_secrets", h.client_secret, methods=["POST"]),
+        Route("/v1/sessions/token", h.liveavatar_token, methods=["POST"]),
+        Route("/v1/sessions/start", h.streaming_new, methods=["POST"]),
+        Route("/v1/sessions/keep-alive", h.streaming("keep_alive"), methods=["POST"]),
+        Route("/v1/sessions/stop", h.streaming("stop"), methods=["POST"]),
         Route("/_emulator/{action}", h.control, methods=["GET", "POST"]),
     ]
     for action in ("start", "task", "keep_alive", "interrupt", "stop"):
