@@ -24,9 +24,15 @@ CLIENTS = ("web", "other", "narrow")
 
 
 def write_config(
-    tmp: Path, emulator_url: str, extra: str = "", max_sessions: int = 3
+    tmp: Path, emulator_url: str, extra: str = "", max_sessions: int = 3, crowd: int = 0
 ) -> tuple[Path, dict[str, str]]:
-    keys = {name: new_key() for name in CLIENTS}
+    """Clients web, other, narrow, and `crowd` more (load0, load1, ...) with the same policy."""
+    keys = {name: new_key() for name in (*CLIENTS, *(f"load{n}" for n in range(crowd)))}
+    more = "".join(
+        f'\n[broker.clients.load{n}]\nkey_sha256 = "{hash_key(keys[f"load{n}"])}"\n'
+        'policy = "page"\n'
+        for n in range(crowd)
+    )
     text = f"""
 [store]
 url = "sqlite://{tmp}/tokens.db"
@@ -67,6 +73,7 @@ policy = "page"
 key_sha256 = "{hash_key(keys["narrow"])}"
 policy = "page"
 paths = ["/v1/streaming.task"]
+{more}
 {extra.replace("{url}", emulator_url)}
 """
     path = tmp / "tokenward.toml"
@@ -141,12 +148,12 @@ class SessionEnv:
 
 @contextmanager
 def session_env(
-    tmp: Path, extra: str = "", max_sessions: int = 3, **emulator: Any
+    tmp: Path, extra: str = "", max_sessions: int = 3, crowd: int = 0, **emulator: Any
 ) -> Iterator[SessionEnv]:
     emu = Emulator(**emulator)
     emu.add_api_key(TEST_API_KEY)
     server = EmulatorServer(emu).start()
-    path, keys = write_config(tmp, server.url, extra, max_sessions)
+    path, keys = write_config(tmp, server.url, extra, max_sessions, crowd)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(API_KEY_ENV, TEST_API_KEY)
         app = create_app(path)

@@ -598,6 +598,17 @@ class Emulator:
         with self._lock:
             return self._new_session_token(api_key)
 
+    def expire_session_token(self, session_id: str) -> bool:
+        """Make the token of one open session expired now (the session stays open upstream,
+        as a session that outlives its token does). False when no such session is open."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            record = self._session_tokens.get(session.token) if session else None
+            if record is None:
+                return False
+            record.expires_at = min(record.expires_at, self.now())
+            return True
+
     def expire_access_tokens(self) -> None:
         """Make every access token issued so far expired (refresh tokens stay valid)."""
         with self._lock:
