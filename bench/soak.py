@@ -20,7 +20,14 @@ from typing import Any
 from tokenward.demo import Schedule, Tally
 
 from .common import ProviderProcess, rss_mb
-from .storm import _async_side, _run_threads, _start_spec, provider_settings, settle_store
+from .storm import (
+    NOT_SENT,
+    _async_side,
+    _run_threads,
+    _start_spec,
+    provider_settings,
+    settle_store,
+)
 
 WORKERS = 64
 RATE = 256.0  # requests/s, all workers together
@@ -82,6 +89,7 @@ def run(duration: float = 60.0, workers: int = WORKERS, rate: float = RATE) -> d
         "requests": tally.done,
         "ok": tally.ok,
         "failed": tally.failed,
+        "not_sent": tally.errors.get(NOT_SENT, 0),
         "errors": dict(tally.errors),
         "lifetimes": round(lifetimes, 1),
         "refreshes": refreshes,

@@ -2,8 +2,10 @@
 
 It runs `bench/run.py --quick` in a subprocess (the storm spawns worker processes, which need
 `bench` importable by path) with only tokenward and the hand-made refresher in the storm, and
-checks that every part produced numbers and that tokenward's storm column failed no request.
-It never writes docs/benchmarks.md.
+checks that every part produced numbers and that tokenward's storm column failed no request it
+sent (a request the machine was too busy to send before the run's end is counted as failed by
+the bench, which reports it: that figure is `make bench`'s, not this test's). It never writes
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ pytest.importorskip("requests_oauthlib")
 pytest.importorskip("httpx_auth")
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(420)
 def test_bench_quick_produces_numbers(tmp_path: Path) -> None:
     command = [
         sys.executable,
@@ -38,7 +40,9 @@ def test_bench_quick_produces_numbers(tmp_path: Path) -> None:
         "--storm-duration",
         "1.2",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=110, cwd=ROOT)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=400, cwd=ROOT
+    )  # ~40 s quiet
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (path,) = tmp_path.glob("quick-*.json")
     results = json.loads(path.read_text())
@@ -56,8 +60,9 @@ def test_bench_quick_produces_numbers(tmp_path: Path) -> None:
         ("processes", 2),
     }
     for row in ours:
-        assert row["requests"] > 0
-        assert row["failed"] == 0, row
+        assert row["requests"] > 0 and row["ok"] > 0, row
+        assert row["failed"] == row["not_sent"], row  # every request sent succeeded
+        assert row["invalid_grant"] == 0, row
         assert row["refresh_token_valid"], row
     assert any(row["peer"] == "hand-made" for row in storm)
 
@@ -80,5 +85,6 @@ def test_bench_quick_produces_numbers(tmp_path: Path) -> None:
     assert profile["calls_per_request"]["broker"] > profile["calls_per_request"]["pass-through"]
 
     soak = results["soak"]
-    assert soak["requests"] > 0 and soak["failed"] == 0
+    assert soak["requests"] > 0 and soak["ok"] > 0
+    assert soak["failed"] == soak["not_sent"], soak  # every request sent succeeded
     assert soak["rss_first_mb"] > 0 and soak["rss_last_mb"] > 0

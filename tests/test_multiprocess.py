@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,10 +76,26 @@ def test_one_refresh_across_tasks_threads_processes(
     ctx = multiprocessing.get_context("spawn")
     ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     start_at = ctx.Value("d", 0.0)
+    started_count = ctx.Value("i", 0)
     procs = [
-        ctx.Process(target=workers.storm_worker, args=(cfg, ready, go, start_at, out))
+        ctx.Process(
+            target=workers.storm_worker, args=(cfg, ready, go, start_at, out, started_count)
+        )
         for _ in range(PROCESSES)
     ]
+    total = PROCESSES * (CHILD_THREADS + CHILD_TASKS) + OWN_THREADS + OWN_TASKS
+    # The refresh is held at the provider until every caller of every process has asked for a
+    # token, however busy the machine: all of them contend (then the latency above applies).
+    hold = emu.hold("token", stage="received")
+
+    def release_when_all_asked() -> None:
+        deadline = time.monotonic() + 45
+        while started_count.value < total and time.monotonic() < deadline:
+            time.sleep(0.005)
+        hold.release()
+
+    releaser = threading.Thread(target=release_when_all_asked, daemon=True)
+    releaser.start()
     for proc in procs:
         proc.start()
 
@@ -91,12 +108,18 @@ def test_one_refresh_across_tasks_threads_processes(
 
     try:
         own = workers.run_storm(
-            manager, tokenward_emulator.api_url, OWN_THREADS, OWN_TASKS, announce_ready
+            manager,
+            tokenward_emulator.api_url,
+            OWN_THREADS,
+            OWN_TASKS,
+            announce_ready,
+            started_count,
         )
         reports = [out.get(timeout=45) for _ in procs]
         for proc in procs:
             proc.join(timeout=15)
     finally:
+        hold.release()  # (a no-op once every caller asked)
         for proc in procs:
             if proc.is_alive():
                 proc.kill()
@@ -116,7 +139,7 @@ def test_one_refresh_across_tasks_threads_processes(
     assert sorted(per_pid.values()) == [CHILD_THREADS + CHILD_TASKS] * PROCESSES + [
         OWN_THREADS + OWN_TASKS
     ]
-    total = PROCESSES * (CHILD_THREADS + CHILD_TASKS) + OWN_THREADS + OWN_TASKS
+    assert hold.arrived.is_set() and hold.agents and started_count.value == total
 
     # Exactly one refresh, never a refused or reused refresh token.
     counters = emu.counters

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -215,19 +216,28 @@ def test_a_failing_start_hook_stops_what_was_opened(tokenward_emulator: Emulator
 
 
 def test_a_slow_stop_hook_is_bounded_by_the_stop_timeout() -> None:
+    entered, release, finished = threading.Event(), threading.Event(), threading.Event()
+
     class SlowStop(SessionHooks):
         def stop(self, state: SessionState) -> None:
-            time.sleep(2)
+            entered.set()
+            release.wait(60)  # stuck until the test lets it go
+            finished.set()
 
     counter = iter(range(1000))
     sessions = Sessions(
         FunctionSource(lambda current: f"t{next(counter)}"), hooks=SlowStop(), stop_timeout=0.1
     )
-    started = time.monotonic()
-    with pytest.raises(StopFailed) as failed, sessions.session() as s:
-        assert s.id is None
-    # bounded, and not reported as done: a later close() may try again
-    assert time.monotonic() - started < 1.5
-    assert failed.value.pending and "no answer within 0.1 s" in str(failed.value)
-    assert not s.closed
+    try:
+        with pytest.raises(StopFailed) as failed, sessions.session() as s:
+            assert s.id is None
+        # Bounded: the session's exit returned while its stop hook was still stuck (had it
+        # waited for the hook, it would not have returned), and not reported as done: a later
+        # close() may try again.
+        assert not finished.is_set()
+        assert failed.value.pending and "no answer within 0.1 s" in str(failed.value)
+        assert not s.closed
+        assert entered.wait(30)  # the hook was called all the same
+    finally:
+        release.set()
     assert "Sessions('session'" in repr(sessions)

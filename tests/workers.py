@@ -71,11 +71,14 @@ def run_storm(
     n_threads: int,
     n_tasks: int,
     announce_ready: Callable[[], float],
+    started_count: Any = None,
 ) -> list[dict[str, Any]]:
     """Start `n_threads` threads and `n_tasks` asyncio tasks (one event loop, this thread), each
     holding its HTTP client, then call `announce_ready()` (blocks until the start time is
     known, returns it as a wall-clock time). At that instant every caller calls `token()` /
-    `atoken()` and makes one request to the protected API through `TokenAuth(manager)`.
+    `atoken()` and makes one request to the protected API through `TokenAuth(manager)`. Each
+    caller adds 1 to `started_count` (a multiprocessing Value('i'), if given) just before it asks,
+    so the parent can hold the provider until every caller of every process is asking.
 
     Returns one dict per caller (never a secret: tokens only as fingerprints)."""
     pid = os.getpid()
@@ -101,6 +104,11 @@ def run_storm(
             }
         )
 
+    def count_start() -> None:
+        if started_count is not None:
+            with started_count.get_lock():
+                started_count.value += 1
+
     def failure(kind: str, index: int, exc: BaseException) -> None:
         results.append({"pid": pid, "kind": kind, "index": index, "error": repr(exc)})
 
@@ -111,6 +119,7 @@ def run_storm(
                 start_known.wait(timeout=60)
                 time.sleep(max(0.0, start_box["at"] - time.time()))
                 started = time.time()
+                count_start()
                 token = manager.token()
                 response = client.get(f"{api_url}/storm/{pid}/thread/{index}")
                 outcome("thread", index, started, token, response)
@@ -124,6 +133,7 @@ def run_storm(
             at = await start
             await asyncio.sleep(max(0.0, at - time.time()))
             started = time.time()
+            count_start()
             token = await manager.atoken()
             response = await client.get(f"{api_url}/storm/{pid}/task/{index}")
             outcome("task", index, started, token, response)
@@ -163,6 +173,7 @@ def storm_worker(
     go: Any,  # multiprocessing Event: the start time is set
     start_at: Any,  # multiprocessing Value('d'): the start time (wall clock)
     out: Any,  # multiprocessing Queue: results
+    started_count: Any = None,  # multiprocessing Value('i'): callers that have started
 ) -> None:
     """A spawn-started process of the storm: its own store connection, its own manager."""
     pid = os.getpid()
@@ -178,7 +189,12 @@ def storm_worker(
 
         try:
             results = run_storm(
-                manager, cfg["api_url"], cfg["threads"], cfg["tasks"], announce_ready
+                manager,
+                cfg["api_url"],
+                cfg["threads"],
+                cfg["tasks"],
+                announce_ready,
+                started_count,
             )
         finally:
             manager.close()
