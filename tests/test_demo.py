@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -191,6 +192,8 @@ def test_self_check_flags_each_broken_promise(monkeypatch: pytest.MonkeyPatch) -
     )
     assert len(bad.problems) == 5, bad.problems
     assert "FAILED" in demo.verdict(bad)
+    with_logs = replace(bad, pipeline=replace(bad.pipeline, logs="/tmp/kept-logs"))
+    assert "(process logs: /tmp/kept-logs)" in demo.verdict(with_logs)
     monkeypatch.setattr(demo, "run_demo", lambda config, progress=None: bad)
     assert demo.main(["--quiet", "--json"]) == 1
 
@@ -261,3 +264,25 @@ def test_docs_show_the_real_code_of_both_sides() -> None:
     assert len(blocks) >= 5
     for block in blocks:
         assert block in code, block
+
+
+def test_a_broken_tokenward_side_is_caught_and_its_logs_kept() -> None:
+    """The self-check is not decoration: a provider that refuses tokenward's refresh token
+    (an injected invalid_grant) shows up in the figures, and the processes' logs are kept."""
+
+    class Refusing(Emulator):
+        def reset_counters(self) -> None:  # the demo resets them right after the login
+            super().reset_counters()
+            self.inject("invalid_grant", times=50)
+
+    settings = configured_emulator(SMALL).settings()
+    act = run_act("pipeline", SMALL, emulators=lambda: Refusing(**settings))
+    ours = act.sides["tokenward"]
+    assert ours.invalid_grant >= 1 and ours.failed > 0
+    assert act.logs is not None
+    logs = sorted(Path(act.logs).glob("tokenward-process-*.log"))
+    assert len(logs) == SMALL.processes
+    text = "".join(log.read_text() for log in logs)
+    assert "reauth.required" in text
+    assert not any(prefix in text for prefix in SECRET_PREFIXES)
+    shutil.rmtree(act.logs)

@@ -162,7 +162,11 @@ KILL_ROWS: tuple[tuple[str, Callable[[SideOutcome], str]], ...] = (
 def verdict(result: DemoResult) -> str:
     """One line that says who kept the pipeline running (and its `.env` usable)."""
     if result.problems:
-        return "Verdict: tokenward FAILED its self-check: " + "; ".join(result.problems) + "."
+        logs = [act.logs for act in (result.pipeline, result.sigkill) if act.logs]
+        kept = f" (process logs: {', '.join(logs)})" if logs else ""
+        return (
+            "Verdict: tokenward FAILED its self-check: " + "; ".join(result.problems) + kept + "."
+        )
     ours, theirs = result.pipeline.sides["tokenward"], result.pipeline.sides["hand-made"]
     after_kill = result.sigkill.sides["hand-made"]
 

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,8 +92,8 @@ class DemoConfig:
     def lease_ttl(self) -> float:
         """tokenward's lease TTL (30 s by default), scaled to one token lifetime so that act 2
         fits in seconds. Not scaled like the cooldown: a lease must outlast scheduling delays,
-        not token calls (renewed every TTL/3, 0.25 s lost it on a 2-core machine at load 19,
-        and another process spent the same refresh token)."""
+        not token calls (it is renewed every TTL/3; with 0.25 s, one run on a 2-core machine at
+        load 19 saw another process spend the same refresh token)."""
         return self.lifetime
 
 
@@ -390,6 +391,8 @@ class ActResult:
     act: str
     duration: float
     sides: dict[str, SideOutcome]
+    #: Where the pipeline processes' logs were kept when tokenward's side went wrong.
+    logs: str | None = None
 
 
 class Progress(Protocol):
@@ -469,7 +472,18 @@ class Act:
             killer.join()
         reports = {side.name: side.finish(30.0) for side in sides}
         result = {s.name: outcome(s, config, schedule, reports[s.name]) for s in sides}
-        return ActResult(self.name, self.duration, result)
+        ours = result["tokenward"]
+        wrong = ours.failed or ours.invalid_grant or not ours.env_token_valid
+        return ActResult(self.name, self.duration, result, self._keep_logs() if wrong else None)
+
+    def _keep_logs(self) -> str:
+        """Copy the processes' logs (tokenward's events: fingerprints, never tokens) out of the
+        directory about to be removed, so a failed self-check can be looked into."""
+        kept = Path(tempfile.mkdtemp(prefix=f"tokenward-demo-{self.name}-logs-"))
+        for side in self.sides:
+            for log in side.directory.glob("process-*.log"):
+                shutil.copy(log, kept / f"{side.name}-{log.name}")
+        return str(kept)
 
 
 def run_act(
