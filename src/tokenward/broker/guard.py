@@ -54,6 +54,7 @@ PUBLIC_PATHS = (
     "/docs/oauth2-redirect",
     "/redoc",
     "/examples/",
+    "/v1/client.js",  # the browser module: a page imports it before it has any key to send
 )
 
 #: What an error answer is built from: (status, error code, reason, headers) -> ASGI app.

@@ -4,6 +4,7 @@
     POST   /v1/sessions/{id}/keepalive
     ANY    /v1/sessions/{id}/proxy/{path}            the session-bound proxy
     DELETE /v1/sessions/{id}                         204, or 502 with the truth
+    GET    /v1/client.js                             the browser module (public)
 
 The session-bound proxy forwards a call to the credential's `base_url` with *that session's*
 credentials: its own token, or the API key for the calls the preset says the provider accepts
@@ -21,6 +22,7 @@ preset's stop call is the same as `DELETE`.
 import json
 import time
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx2
@@ -249,6 +251,17 @@ def install(
             for k, v in response_headers(answer.headers.multi_items(), decoded=True)
         )
         return out
+
+    @router.get("/v1/client.js", include_in_schema=False)
+    async def client_module() -> Response:
+        """The browser ES module (`SessionClient`): start, tasks, keepalive, stop; a fresh
+        session on expiry. Public: a page imports it before it has a key to send."""
+        text = resources.files("tokenward.broker").joinpath("static/client.js").read_text("utf-8")
+        return Response(
+            text,
+            media_type="text/javascript; charset=utf-8",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
 
     for method in methods:
         router.add_api_route(

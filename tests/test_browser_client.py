@@ -1,0 +1,120 @@
+"""The browser module the broker serves (`/v1/client.js`, `SessionClient`) in Debian's headless
+chromium (playwright with executable_path; no downloaded browser), end to end: start, 5 tasks
+through the session-bound proxy, a token that expires mid-session (the module starts a fresh
+session and sends the task again), stop, restart, and a page that goes away stopping its
+session. Checked on the emulator's counters: tokens issued = sessions started, 0 reused, 0 left
+open; the page never sees the API key."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from session_support import SessionEnv, session_env
+from test_browser import CHROMIUM, CHROMIUM_ARGS, _need_chromium
+
+from tokenward.testing import TEST_API_KEY
+
+pytestmark = pytest.mark.timeout(90)
+
+START = """async ([broker, key]) => {
+  const { SessionClient } = await import(broker + "/v1/client.js");
+  window.events = [];
+  window.avatar = new SessionClient({ broker, key, credential: "avatar", keepAliveMs: 0 });
+  for (const name of ["started", "expired", "stopped", "error"]) {
+    window.avatar.addEventListener(name, (e) => window.events.push([name, e.detail]));
+  }
+  const session = await window.avatar.start();
+  const tasks = [];
+  for (let n = 0; n < 5; n++) tasks.push(await window.avatar.task("hello " + n));
+  return { session, tasks, key: typeof window.avatar.session.api_key };
+}"""
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[SessionEnv]:
+    _need_chromium()
+    with session_env(tmp_path) as environment:
+        for client in environment.app.state.broker.clients.clients:
+            policy = dataclasses.replace(client.policy, cors_origins=(environment.broker.url,))
+            object.__setattr__(client, "policy", policy)
+        yield environment
+
+
+@pytest.fixture
+def page(env: SessionEnv) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(f"{env.broker.url}/healthz")  # the broker's origin
+            yield page
+        finally:
+            browser.close()
+
+
+def _until(condition: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.02)
+
+
+def test_module_is_served_publicly_as_javascript(env: SessionEnv) -> None:
+    answer = httpx2.get(f"{env.broker.url}/v1/client.js", timeout=10)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/javascript")
+    assert "export class SessionClient" in answer.text
+    assert "console." not in answer.text  # the module logs nothing, tokens least of all
+
+
+def test_start_tasks_expiry_stop_restart_in_chromium(env: SessionEnv, page: Any) -> None:
+    emulator = env.emulator
+    first = page.evaluate(START, [env.broker.url, env.keys["web"]])
+    assert [t["duration_ms"] > 0 for t in first["tasks"]] == [True] * 5
+    assert emulator.counters["tasks"] == 5
+    # the token dies mid-session (the upstream session stays open): the next task is refused
+    # upstream, and the module starts a fresh session and sends it there
+    assert emulator.expire_session_token(first["session"]["upstream_session_id"])
+    done = page.evaluate("() => window.avatar.task('after expiry')")
+    assert done["duration_ms"] > 0
+    second = page.evaluate("() => window.avatar.session")
+    assert second["session_id"] != first["session"]["session_id"]
+    assert second["token"] != first["session"]["token"]
+    events = [name for name, _ in page.evaluate("() => window.events")]
+    assert events == ["started", "expired", "started"]
+    page.evaluate("() => window.avatar.stop()")
+    assert emulator.open_sessions() == []
+    # restart: a fresh token again
+    page.evaluate("async () => { await window.avatar.start(); await window.avatar.task('x'); }")
+    page.evaluate("() => window.avatar.stop()")
+    counts = emulator.counters
+    assert counts["tasks"] == 7
+    assert counts["session_tokens"] == counts["sessions_started"] == 3
+    assert counts["session_tokens_reused"] == 0 and counts["session_401_expired"] == 1
+    assert emulator.open_sessions() == []
+    assert TEST_API_KEY not in page.content()
+    assert env.leaks() == []
+
+
+def test_a_page_that_goes_away_stops_its_session(env: SessionEnv, page: Any) -> None:
+    page.evaluate(
+        """async ([broker, key]) => {
+          const { SessionClient } = await import(broker + "/v1/client.js");
+          window.avatar = new SessionClient({ broker, key, credential: "avatar" });
+          await window.avatar.start();
+        }""",
+        [env.broker.url, env.keys["web"]],
+    )
+    assert len(env.emulator.open_sessions()) == 1
+    page.goto("about:blank")  # pagehide: the module's keepalive DELETE outlives the page
+    _until(lambda: env.emulator.open_sessions() == [])
+    assert env.emulator.counters["sessions_stopped"] == 1
