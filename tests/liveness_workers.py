@@ -1,4 +1,5 @@
-"""A caller process for tests/test_liveness.py and bench/liveness.py (a plain subprocess):
+"""A caller process for tests/test_liveness.py and bench/liveness.py (a plain subprocess), and
+`Caller`, the parent's handle on one:
 
     python tests/liveness_workers.py '<json config>'
 
@@ -14,10 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import subprocess
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -25,11 +29,13 @@ import httpx2
 from tokenward.integrations.httpx import TokenAuth
 from tokenward.manager import TokenManager
 from tokenward.sources.oauth2 import RefreshTokenGrant
-from tokenward.stores.base import Store
-from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET
+from tokenward.stores.base import Record, Store
+from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET, Emulator
 from tokenward.transport import DEFAULT_TIMEOUT
 
 _OUT = threading.Lock()
+#: How long the parent waits for something that takes well under a second when it works.
+PATIENCE = 20.0
 
 
 def say(**fields: Any) -> None:
@@ -71,6 +77,105 @@ def pretend_another_host() -> None:
     assert real is not None
     foreign = "another-host-boot/" + real.split("/", 1)[1]
     liveness.process_identity = lambda: foreign  # type: ignore[assignment]
+
+
+# --- the parent's side ----------------------------------------------------------------------
+
+
+class Caller:
+    """A tests/liveness_workers.py process and the JSON lines it prints."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+        self.lines.put({"eof": True})
+
+    def wait_for(
+        self, match: Callable[[dict[str, Any]], bool], what: str, patience: float = PATIENCE
+    ) -> dict[str, Any]:
+        found = self.poll(match, what, patience)
+        if found is None:
+            raise AssertionError(f"pid {self.proc.pid}: no {what} within {patience}s")
+        return found
+
+    def poll(
+        self, match: Callable[[dict[str, Any]], bool], what: str, patience: float
+    ) -> dict[str, Any] | None:
+        """The first line that matches, waiting at most `patience` seconds for it."""
+        for line in self.seen:
+            if match(line):
+                return line
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                return None
+            self.seen.append(line)
+            if "crashed" in line or "eof" in line:
+                stderr = self.proc.stderr.read() if self.proc.stderr else ""
+                raise AssertionError(f"pid {self.proc.pid} ended before {what}: {line} {stderr}")
+            if match(line):
+                return line
+
+    def go(self) -> None:
+        self.wait_for(lambda line: "ready" in line, "ready")
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.seen if line.get("event") == name]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def first_of(
+    callers: list[Caller], match: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    """The first line matching from any of `callers`."""
+    deadline = time.monotonic() + PATIENCE
+    while time.monotonic() < deadline:
+        for caller in callers:
+            if (found := caller.poll(match, what, 0.01)) is not None:
+                return found
+    raise AssertionError(f"no {what} from any caller within {PATIENCE}s")
+
+
+def seed(emu: Emulator, store: Store, key: str) -> str:
+    """An expired access token and a good refresh token; returns the refresh token."""
+    refresh_token = emu.issue_refresh_token(TEST_CLIENT_ID)
+    stale = emu.issue_access_token(TEST_CLIENT_ID, lifetime=0)
+    now = time.time()
+    record = Record(
+        key,
+        1,
+        access_token=stale,
+        refresh_token=refresh_token,
+        expires_at=now - 60,
+        obtained_at=now - 120,
+    )
+    assert store.compare_and_set(record, 0)
+    return refresh_token
+
+
+# --- the caller process ---------------------------------------------------------------------
 
 
 def main(cfg: dict[str, Any]) -> None:

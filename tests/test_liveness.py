@@ -15,100 +15,31 @@ store), never on a sleep. The kill-to-resume time is measured by `make bench` (b
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import queue
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import liveness_workers
 import psycopg
 import pytest
+from liveness_workers import PATIENCE, Caller, first_of, seed
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from servers import POSTGRES_URL, REDIS_URL, require, unreachable
 
 from tokenward.stores.base import Record, Store
-from tokenward.testing import TEST_CLIENT_ID, EmulatorServer, fingerprint
+from tokenward.testing import EmulatorServer, fingerprint
 
 KEY = "live"
 #: Long on purpose: a survivor that waited for the lease to expire would miss every deadline.
 LONG_TTL = 30.0
-#: How long a test waits for something that takes well under a second when it works.
-PATIENCE = 20.0
-
-
-class Caller:
-    """A tests/liveness_workers.py process and the JSON lines it prints."""
-
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, liveness_workers.__file__, json.dumps(cfg)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
-        self.lines.put({"eof": True})
-
-    def wait_for(
-        self, match: Callable[[dict[str, Any]], bool], what: str, patience: float = PATIENCE
-    ) -> dict[str, Any]:
-        found = self.poll(match, what, patience)
-        if found is None:
-            raise AssertionError(f"pid {self.proc.pid}: no {what} within {patience}s")
-        return found
-
-    def poll(
-        self, match: Callable[[dict[str, Any]], bool], what: str, patience: float
-    ) -> dict[str, Any] | None:
-        """The first line that matches, waiting at most `patience` seconds for it."""
-        for line in self.seen:
-            if match(line):
-                return line
-        deadline = time.monotonic() + patience
-        while True:
-            try:
-                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
-            except queue.Empty:
-                return None
-            self.seen.append(line)
-            if "crashed" in line or "eof" in line:
-                stderr = self.proc.stderr.read() if self.proc.stderr else ""
-                raise AssertionError(f"pid {self.proc.pid} ended before {what}: {line} {stderr}")
-            if match(line):
-                return line
-
-    def go(self) -> None:
-        self.wait_for(lambda line: "ready" in line, "ready")
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [line for line in self.seen if line.get("event") == name]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 @pytest.fixture(params=["sqlite", "redis", "postgres"])
@@ -140,21 +71,7 @@ def store_cfg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[s
 
 
 def _seed(server: EmulatorServer, store: Store) -> str:
-    """An expired access token and a good refresh token; returns the refresh token."""
-    emu = server.emulator
-    refresh_token = emu.issue_refresh_token(TEST_CLIENT_ID)
-    stale = emu.issue_access_token(TEST_CLIENT_ID, lifetime=0)
-    now = time.time()
-    record = Record(
-        KEY,
-        1,
-        access_token=stale,
-        refresh_token=refresh_token,
-        expires_at=now - 60,
-        obtained_at=now - 120,
-    )
-    assert store.compare_and_set(record, 0)
-    return refresh_token
+    return seed(server.emulator, store, KEY)
 
 
 def _callers(
@@ -170,18 +87,6 @@ def _callers(
         "calls": calls,
     }
     return [Caller(common) for _ in range(count)]
-
-
-def _first_of(
-    callers: list[Caller], match: Callable[[dict[str, Any]], bool], what: str
-) -> dict[str, Any]:
-    """The first line matching from any of `callers`."""
-    deadline = time.monotonic() + PATIENCE
-    while time.monotonic() < deadline:
-        for caller in callers:
-            if (found := caller.poll(match, what, 0.01)) is not None:
-                return found
-    raise AssertionError(f"no {what} from any caller within {PATIENCE}s")
 
 
 def _served(caller: Caller, calls: int) -> list[dict[str, Any]]:
@@ -260,7 +165,7 @@ def test_stalled_leader_refresh_token_is_never_spent_twice(
         for other in others:
             other.go()
         # Someone took the lapsed lease and found the refresh token in flight: it waits.
-        waiting = _first_of(
+        waiting = first_of(
             others, lambda line: line.get("event") == "lease.waiting_in_flight", "in-flight wait"
         )
         claim = store.lease_holder(KEY)
@@ -436,3 +341,28 @@ def test_killed_holder_on_another_host_postgres(
         assert not taken and silent, (taken, silent)
         assert all(0 < e["at_most"] <= ttl for e in silent if e["waiting_on"] == "lease")
         assert ended and all(e["waited"] >= 0 for e in ended)
+
+
+def test_broker_metrics_count_silent_waits_and_takeovers() -> None:
+    """`/metrics` says how often and how long a credential waited on a silent lease holder, and
+    how many dead holders' leases were taken over (from the flow's events)."""
+    from tokenward import events
+    from tokenward.broker.metrics import BrokerMetrics
+    from tokenward.stores.memory import MemoryStore
+
+    metrics = BrokerMetrics(lambda: {"api": ("api", MemoryStore())})
+    metrics.attach()
+    try:
+        events.emit("lease.holder_silent", "api", waiting_on="lease", holder="h:1", at_most=3.0)
+        events.emit("lease.silent_wait_ended", "api", waited=2.5, outcome="acquired")
+        events.emit("lease.holder_silent", "api", waiting_on="in_flight", holder="h:1", at_most=1)
+        events.emit("lease.silent_wait_ended", "api", waited=0.75, outcome="adopted")
+        events.emit("lease.taken_over", "api", dead_holder="h:2")
+        events.emit("lease.taken_over", "elsewhere", dead_holder="h:3")  # not this broker's
+    finally:
+        metrics.detach()
+    text = metrics.render().decode()
+    assert 'tokenward_silent_lease_waits_total{credential="api"} 2.0' in text
+    assert 'tokenward_silent_lease_wait_seconds_total{credential="api"} 3.25' in text
+    assert 'tokenward_lease_takeovers_total{credential="api"} 1.0' in text
+    assert "elsewhere" not in text

@@ -24,6 +24,9 @@ __all__ = ["BrokerMetrics", "EventCounter"]
 #: Events that count as a refresh done, and as a refresh failure.
 _DONE = frozenset({"token.refreshed", "token.obtained"})
 _FAILED = frozenset({"refresh.failed"})
+#: Lease events: a wait on a holder whose liveness cannot be known starts / ends; a provably
+#: dead holder's lease is taken over.
+_LEASE = frozenset({"lease.holder_silent", "lease.silent_wait_ended", "lease.taken_over"})
 
 
 class _StoreCollector(Collector):
@@ -66,13 +69,21 @@ class _StoreCollector(Collector):
 
 
 class EventCounter(logging.Handler):
-    """Counts refresh events of the `tokenward` logger by credential."""
+    """Counts refresh events of the `tokenward` logger by credential, and the lease waits on
+    silent holders and takeovers of dead ones (`silent`: waits, seconds waited, takeovers)."""
 
-    def __init__(self, done: Counter, failed: Counter, names: frozenset[str]) -> None:
+    def __init__(
+        self,
+        done: Counter,
+        failed: Counter,
+        names: frozenset[str],
+        silent: tuple[Counter, Counter, Counter] | None = None,
+    ) -> None:
         super().__init__(logging.DEBUG)
         self._done = done
         self._failed = failed
         self._names = names
+        self._silent = silent
 
     def emit(self, record: logging.LogRecord) -> None:
         event = getattr(record, "event", None)
@@ -83,6 +94,15 @@ class EventCounter(logging.Handler):
             self._done.labels(credential).inc()
         elif event in _FAILED:
             self._failed.labels(credential).inc()
+        elif self._silent is not None and event in _LEASE:
+            waits, seconds, takeovers = self._silent
+            if event == "lease.holder_silent":
+                waits.labels(credential).inc()
+            elif event == "lease.silent_wait_ended":
+                waited = getattr(record, "waited", 0.0)
+                seconds.labels(credential).inc(max(float(waited), 0.0))
+            else:
+                takeovers.labels(credential).inc()
 
 
 class BrokerMetrics:
@@ -121,6 +141,25 @@ class BrokerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.silent_waits = Counter(
+            "tokenward_silent_lease_waits",
+            "Waits on a lease holder (or a refresh token in flight) whose liveness cannot be "
+            "known: another host, a store without liveness, PostgreSQL through PgBouncer.",
+            ["credential"],
+            registry=self.registry,
+        )
+        self.silent_wait_seconds = Counter(
+            "tokenward_silent_lease_wait_seconds",
+            "Seconds spent in those waits (added when each wait ends).",
+            ["credential"],
+            registry=self.registry,
+        )
+        self.lease_takeovers = Counter(
+            "tokenward_lease_takeovers",
+            "Leases taken over from a provably dead holder.",
+            ["credential"],
+            registry=self.registry,
+        )
         self.session_events = Counter(
             "tokenward_session_events",
             "Sessions that expired mid-use, and upstream stops that failed (pending: retried).",
@@ -132,7 +171,12 @@ class BrokerMetrics:
         self._requests: dict[tuple[str, int], Counter] = {}
         self._proxy: dict[tuple[str, int], Histogram] = {}
         self.registry.register(_StoreCollector(stores))
-        self._handler = EventCounter(self.refreshes, self.failures, frozenset(stores()))
+        self._handler = EventCounter(
+            self.refreshes,
+            self.failures,
+            frozenset(stores()),
+            (self.silent_waits, self.silent_wait_seconds, self.lease_takeovers),
+        )
         self._logger = logging.getLogger("tokenward")
         self._saved_level = self._logger.level
 
