@@ -8,7 +8,9 @@ open; the page never sees the API key."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,13 @@ import pytest
 from session_support import SessionEnv, session_env
 from test_browser import CHROMIUM, CHROMIUM_ARGS, _need_chromium
 
+from tokenward.broker.app import create_app
+from tokenward.broker.config import hash_key, new_key
+from tokenward.config import parse_config
+from tokenward.sessions import SessionCalls
 from tokenward.testing import TEST_API_KEY
+from tokenward.testing.emulator import Emulator
+from tokenward.testing.server import EmulatorServer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -118,3 +126,71 @@ def test_a_page_that_goes_away_stops_its_session(env: SessionEnv, page: Any) -> 
     page.goto("about:blank")  # pagehide: the module's keepalive DELETE outlives the page
     _until(lambda: env.emulator.open_sessions() == [])
     assert env.emulator.counters["sessions_stopped"] == 1
+
+
+# -- docs/sessions.md's recipe, as written ---------------------------------------------------------
+def _doc_blocks(kind: str) -> list[str]:
+    text = (Path(__file__).parents[1] / "docs" / "sessions.md").read_text(encoding="utf-8")
+    return re.findall(rf"^```{kind}\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
+
+
+def test_the_plan_without_start_in_the_docs_has_no_start_call(tmp_path: Path) -> None:
+    plan = _doc_blocks("toml")[0]
+    config = parse_config(tomllib.loads(plan), tmp_path / "tokenward.toml")
+    hooks = config.credential_config("avatar").session_hooks()
+    assert isinstance(hooks, SessionCalls) and hooks.start_path is None and hooks.new
+
+
+def test_the_docs_recipe_runs_in_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _need_chromium()
+    from broker_support import BrokerServer
+    from playwright.sync_api import sync_playwright
+    from test_browser import StaticOrigin
+
+    recipe = _doc_blocks("toml")[1]
+    (page_html,) = _doc_blocks("html")
+    emulator = Emulator()
+    emulator.add_api_key(TEST_API_KEY)
+    server = EmulatorServer(emulator).start()
+    monkeypatch.setenv("HEYGEN_API_KEY", TEST_API_KEY)
+    key = new_key()
+    folder = tmp_path / "site"
+    folder.mkdir()
+    with StaticOrigin(folder) as site:
+        # The only changes: the emulator for HeyGen, the test's store, key and origin.
+        text = (
+            recipe.replace('preset = "heygen"', f'preset = "heygen"\nbase_url = "{server.url}"')
+            .replace('key_sha256 = "..."', f'key_sha256 = "{hash_key(key)}"')
+            .replace("https://app.example.com", site.origin)
+        )
+        path = tmp_path / "tokenward.toml"
+        path.write_text(f'[store]\nurl = "sqlite://{tmp_path}/tokens.db"\n\n{text}')
+        path.chmod(0o600)
+        broker = BrokerServer(create_app(path)).start()
+        try:
+            html = page_html.replace("http://127.0.0.1:8421", broker.url).replace("twk_...", key)
+            (folder / "index.html").write_text(html)
+            with sync_playwright() as pw:
+                chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    page = chromium.new_page()
+                    page.goto(f"{site.origin}/index.html")
+                    page.wait_for_function("() => window.avatar !== undefined")
+                    for n in range(1, 4):
+                        page.click("#speak")
+                        _until(lambda n=n: emulator.counters["tasks"] == n)
+                    (upstream,) = emulator.open_sessions()
+                    assert emulator.expire_session_token(upstream)
+                    page.click("#speak")  # refused upstream: a fresh session, the task again
+                    _until(lambda: emulator.counters["tasks"] == 4)
+                    assert emulator.counters["sessions_started"] == 2
+                    page.goto("about:blank")  # the page goes away: its session is stopped
+                    _until(lambda: emulator.open_sessions() == [])
+                finally:
+                    chromium.close()
+        finally:
+            broker.stop()
+            server.stop()
+    counts = emulator.counters
+    assert counts["session_tokens"] == counts["sessions_started"] == 2
+    assert counts["session_tokens_reused"] == 0 and counts["sessions_stopped"] == 2
