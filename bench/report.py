@@ -127,6 +127,21 @@ def checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
                 f"grant {'alive' if ours['grant_alive'] else 'REVOKED'}",
             )
         )
+    for row in (results.get("scale") or {}).get("rows", []):
+        out.append(
+            (
+                f"scale ({row['store']}): 3 refresher processes, no refresh late or missed",
+                row["late"] == 0 and row["missed"] == 0,
+                f"{row['late']} late (worst {row['worst_late']:.2f} s), {row['missed']} missed",
+            )
+        )
+        out.append(
+            (
+                f"scale ({row['store']}): no double refresh, no refresh token refused",
+                row["twice"] == 0 and row["invalid_grant"] == 0 and row["refresh_reuse"] == 0,
+                f"{row['twice']} twice, {row['invalid_grant']} invalid_grant",
+            )
+        )
     return out
 
 
@@ -600,10 +615,37 @@ def _mcp_section(mcp: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _scale_section(scale: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 7. Refresher processes on the network stores",
+        "",
+        "Three refresher processes (`tokenward.Refresher`, 16 threads each) share the "
+        "credentials on one store; their first expiries are spread over one lifetime "
+        "(`bench/scale.py`). Late: a refresh that reached the provider only after the token it "
+        "replaced had expired; missed: an expiry inside the run with no refresh. "
+        "`tests/test_scale.py` checks what holds however busy the machine is (no token spent "
+        "twice, no double refresh, every credential refreshed); these timings are this page's.",
+        "",
+        "| store | credentials | lifetime (s) | run (s) | refreshes/s | late | worst late (s) "
+        "| missed | twice | invalid_grant | per process |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in scale["rows"]:
+        lines.append(
+            f"| {row['store']} | {row['count']:,} | {row['lifetime']:g} | {row['duration']:g} | "
+            f"{row['refreshes_per_s']:.0f} | {row['late']} | {row['worst_late']:.2f} | "
+            f"{row['missed']} | {row['twice']} | {row['invalid_grant']} | "
+            f"{', '.join(str(n) for n in row['per_process'])} |"
+        )
+    for kind, why in scale.get("skipped", {}).items():
+        lines.append(f"\n{kind}: not measured ({why}).")
+    return lines
+
+
 def _parts_dates(results: dict[str, Any]) -> list[str]:
     """When parts were measured at different times (`--only` merges into latest.json)."""
     dates = results.get("parts_dates", {})
-    parts = ("hot", "storm", "broker", "stores", "soak", "mcp")
+    parts = ("hot", "storm", "broker", "stores", "soak", "mcp", "scale")
     shown = [part for part in parts if results.get(part)]
     if len({dates.get(part) for part in shown}) <= 1:
         return []
@@ -680,6 +722,7 @@ def write(results: dict[str, Any], page: Path) -> None:
         ("stores", lambda r: _stores_section(r["stores"])),
         ("soak", lambda r: _soak_section(r["soak"])),
         ("mcp", lambda r: _mcp_section(r["mcp"])),
+        ("scale", lambda r: _scale_section(r["scale"])),
     ]
     for name, render in sections:
         if results.get(name):

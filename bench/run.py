@@ -1,6 +1,6 @@
 """`make bench` / `make soak`: tokenward against its peers, measured side by side in one run.
 
-    python bench/run.py                       # hot, storm, broker, stores, soak, mcp; the docs
+    python bench/run.py                       # hot, storm, broker, stores, soak, mcp, scale
     python bench/run.py --only hot,broker     # some parts (results merge into latest.json)
     python bench/run.py --only soak --soak-duration 600   # `make soak`
     python bench/run.py --quick --no-docs     # seconds: does the harness work? (the smoke test)
@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable (also 
 from bench import report
 from bench.common import ROOT, machine
 
-PARTS = ("hot", "storm", "broker", "stores", "soak", "mcp")
+PARTS = ("hot", "storm", "broker", "stores", "soak", "mcp", "scale")
 PEER_PACKAGES = (
     "httpx2",
     "httpx",
@@ -186,6 +186,16 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         started = time.monotonic()
         results["mcp"] = mcp_agents.run(duration=duration, lifetime=2.0, progress=say)
         results["timings"]["mcp"] = time.monotonic() - started
+    if "scale" in parts:
+        from bench import scale
+
+        say("refresher processes on the network stores ...")
+        started = time.monotonic()
+        if quick:
+            results["scale"] = scale.run(count=60, lifetime=2.0, duration=4.0, progress=say)
+        else:
+            results["scale"] = scale.run(progress=say)
+        results["timings"]["scale"] = time.monotonic() - started
     return _save(results, args, parts)
 
 

@@ -84,6 +84,11 @@ def test_bench_quick_produces_numbers(tmp_path: Path) -> None:
     profile = broker["profile"]
     assert profile["calls_per_request"]["broker"] > profile["calls_per_request"]["pass-through"]
 
+    scale = results["scale"]  # Redis and PostgreSQL: skipped (and named) when absent
+    assert {row["store"] for row in scale["rows"]} | set(scale["skipped"]) == {"redis", "postgres"}
+    for row in scale["rows"]:
+        assert row["refreshes"] > 0 and row["invalid_grant"] == row["refresh_reuse"] == 0, row
+
     soak = results["soak"]
     assert soak["requests"] > 0 and soak["ok"] > 0
     assert soak["failed"] == soak["not_sent"], soak  # every request sent succeeded
