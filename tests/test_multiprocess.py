@@ -47,10 +47,11 @@ def _config(server: EmulatorServer, path: Path, key: str, **extra: Any) -> dict[
         # The provider answers within the lease TTL. Its latency is long enough that every
         # caller of every process is already asking for a token while the refresh is in flight.
         (5.0, 1.0),
-        # The provider is slower than the lease TTL: the leader must keep its lease alive while
-        # the request is in flight, or another process takes the lapsed lease and presents the
-        # same single-use refresh token again (invalid_grant; reuse detection would revoke the
-        # whole token family).
+        # The provider is slower than the lease TTL: the leader keeps its lease alive while the
+        # request is in flight; and when a busy machine starves those renewals, the process
+        # that takes the lapsed lease finds the refresh token recorded in flight and waits for
+        # the leader's answer, instead of presenting the same single-use refresh token again
+        # (invalid_grant; reuse detection would revoke the whole token family).
         (0.6, 1.5),
     ],
     ids=["answer-within-lease", "answer-slower-than-lease"],

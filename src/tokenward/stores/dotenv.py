@@ -233,8 +233,7 @@ class DotenvStore(SidecarFileStore):
     def delete(self, key: str) -> bool:
         with self._lock.hold():
             document = self._read()
-            self._leases.drop(key)
-            self._in_flight.drop(key)
+            self._drop_leases(key)
             if self._record_of(document, key) is None:
                 return False
             for variable in [*self.variables(key).values(), self.state_variable(key)]:

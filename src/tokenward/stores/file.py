@@ -190,7 +190,7 @@ class FileLock:
 
 class SidecarLeases:
     """Leases kept as `{key: {"owner": ..., "expires_at": ..., "holder": ...}}` in a JSON
-    sidecar file (in-flight records use the same shape, plus a `fingerprint`, in another one).
+    sidecar file (in-flight records use the same shape, plus a `fp`, under reserved names).
 
     Every method must be called while holding the store's `FileLock`. Expiry uses the wall clock
     (`time.time()`) because leases are compared across processes.
@@ -274,8 +274,16 @@ class SidecarLeases:
         atomic_write(self.path, json.dumps(data).encode(), durable=False)
 
 
+#: Prefix of the lease file's in-flight entries (a NUL: no credential key starts with one).
+IN_FLIGHT = "\x00in-flight:"
+
+
 def _entry(
-    owner: str, expires_at: float, holder: str | None = None, fp: str | None = None
+    owner: str,
+    expires_at: float,
+    holder: str | None = None,
+    fp: str | None = None,
+    **_newer: Any,  # fields a newer tokenward wrote: ignored
 ) -> dict[str, Any]:
     """One sidecar entry, type-checked (a malformed file raises TypeError/ValueError)."""
     if not isinstance(owner, str) or not isinstance(holder, str | None):
@@ -301,7 +309,6 @@ class SidecarFileStore(Store):
         self.location = str(path)
         self._lock = FileLock(sidecar(self.path, ".lock"))
         self._leases = SidecarLeases(sidecar(self.path, ".leases"))
-        self._in_flight = SidecarLeases(sidecar(self.path, ".inflight"))
         sweep_temp_files(self.path)
 
     def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
@@ -325,18 +332,25 @@ class SidecarFileStore(Store):
         with self._lock.hold():
             return self._leases.take_over(key, dead_owner, entry)
 
+    # In-flight records share the lease file under reserved names: no other file beside the
+    # user's, and to an older tokenward they read as leases on keys nobody uses.
     def mark_in_flight(self, key: str, owner: str, fingerprint: str, ttl: float) -> None:
         entry = _entry(owner, time.time() + ttl, self._holder(), fingerprint)
         with self._lock.hold():
-            self._in_flight.put(key, entry)
+            self._leases.put(IN_FLIGHT + key, entry)
 
     def in_flight(self, key: str) -> Claim | None:
         with self._lock.hold():
-            return self._in_flight.get(key)
+            return self._leases.get(IN_FLIGHT + key)
 
     def clear_in_flight(self, key: str, owner: str) -> bool:
         with self._lock.hold():
-            return self._in_flight.release(key, owner)
+            return self._leases.release(IN_FLIGHT + key, owner)
+
+    def _drop_leases(self, key: str) -> None:
+        """The lease and in-flight record of a deleted credential (hold the lock)."""
+        self._leases.drop(key)
+        self._leases.drop(IN_FLIGHT + key)
 
 
 # --- the JSON file store ---------------------------------------------------------------------
@@ -369,8 +383,7 @@ class JsonFileStore(SidecarFileStore):
     def delete(self, key: str) -> bool:
         with self._lock.hold():
             records = self._read()
-            self._leases.drop(key)
-            self._in_flight.drop(key)
+            self._drop_leases(key)
             if records.pop(key, None) is None:
                 return False
             self._write(records)

@@ -20,6 +20,12 @@ ever held between calls:
   LIMIT n FOR UPDATE SKIP LOCKED)`: concurrent workers skip each other's rows instead of
   waiting, and each claimed row's `due_at` moves to `now + ttl`.
 
+- liveness (migration 3): a lease row records its holder's identity (`tokenward.liveness`),
+  including a session advisory lock that a dedicated connection of the holding process keeps;
+  the `in_flight` table records a refresh token sent and not yet answered. Reached through a
+  pooler (the server's port differs from the one we connected to, e.g. PgBouncer in
+  transaction mode) no session signal is recorded and server-side prepared statements are off.
+
 The sync methods use a `psycopg_pool.ConnectionPool`; the async ones an `AsyncConnectionPool`
 per event loop (an async connection belongs to the loop that opened it). Pools are opened on
 first use.

@@ -5,6 +5,10 @@ Layout, under a key prefix (default `tokenward:`):
 - `{prefix}record:{key}` - a hash with `version` and `data` (the record as JSON);
 - `{prefix}lease:{key}` - a string holding the owner, with the lease's TTL as its expiry (the
   server's clock decides when a lease has expired, so clients' clocks do not matter);
+- `{prefix}holder:{key}` - the lease holder's identity (`tokenward.liveness`: its process and
+  the `CLIENT ID` of a connection it keeps open), set, renewed and dropped with the lease;
+- `{prefix}inflight:{key}` - a hash (owner, fingerprint, holder) expiring at the deadline of
+  the token request that has the refresh token in flight;
 - `{prefix}keys` - a sorted set of the record keys, all with score 0, so `keys(prefix)` is one
   `ZRANGEBYLEX` over a sorted range (deterministic, no `SCAN` over the whole keyspace);
 - `{prefix}due` - the due-queue: a sorted set of record keys scored by the time (Unix seconds)

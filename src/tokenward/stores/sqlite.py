@@ -15,8 +15,10 @@ process. Per-thread connections read in parallel and let SQLite's own locking ar
 exactly as it does between processes. A connection is dropped (and closed) with its thread, is
 never reused after a fork, and `close()` closes them all.
 
-The due-queue is the indexed column `records.due_at` (schema version 2; a version-1 file is
-upgraded in place on open), set by every compare-and-set; `claim_due` selects and moves the due
+Schema version 3 adds the holder identity of each lease (`leases.holder`) and the `in_flight`
+table (a refresh token sent and not yet answered: owner, fingerprint, deadline, holder); older
+files are upgraded in place on open. The due-queue is the indexed column `records.due_at`
+(schema version 2), set by every compare-and-set; `claim_due` selects and moves the due
 rows inside one `BEGIN IMMEDIATE` transaction, so two processes never claim the same row at once.
 
 A file that is not a SQLite database, or a database without our schema (or with a newer schema
