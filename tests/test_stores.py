@@ -991,8 +991,13 @@ def test_open_store_network_urls(tmp_path: Path) -> None:
     assert isinstance(redis_store, RedisStore) and redis_store.prefix == name + ":"
     pg_store = open_store(f"{POSTGRES_URL}?schema={name}")
     assert isinstance(pg_store, PostgresStore) and pg_store.schema == name
-    for store in (redis_store, pg_store):
-        assert store.compare_and_set(Record("k", 1, access_token="t"), 0)
+    assert pg_store.session_liveness  # direct: it can prove a holder dead
+    quiet = open_store(f"{POSTGRES_URL}?schema={name}&liveness=off")
+    assert isinstance(quiet, PostgresStore) and not quiet.session_liveness
+    with pytest.raises(ValueError, match="liveness=off"):
+        open_store(f"{POSTGRES_URL}?schema={name}&liveness=maybe")
+    for store in (redis_store, pg_store, quiet):
+        assert store.compare_and_set(Record("k", 1, access_token="t"), 0) is (store is not quiet)
         assert name in store.location
         store.close()
 

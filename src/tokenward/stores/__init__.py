@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from .base import Record, State, Store
+from .base import Claim, Record, State, Store
 from .dotenv import DotenvStore
 from .encrypted import EncryptedStore, Keyring, StoreDecryptionError
 from .file import JsonFileStore
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 _LAZY = {"RedisStore": ".redis", "PostgresStore": ".postgres"}
 
 __all__ = [
+    "Claim",
     "DotenvStore",
     "EncryptedStore",
     "JsonFileStore",

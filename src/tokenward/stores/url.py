@@ -8,7 +8,8 @@ expanded and `%xx` escapes are decoded. `memory://` takes nothing.
 
 Network stores register their scheme in `SCHEMES` (their factory receives the whole URL).
 `redis://` / `rediss://` open a `RedisStore` (`?prefix=` sets its key prefix) and
-`postgresql://` / `postgres://` a `PostgresStore` (`?schema=` sets its schema); their modules
+`postgresql://` / `postgres://` a `PostgresStore` (`?schema=` sets its schema, `?liveness=off`
+turns its session liveness signal off, e.g. behind a pooler it cannot detect); their modules
 are imported only when such a URL is opened, so the `redis` and `postgres` extras stay optional.
 """
 
@@ -76,7 +77,13 @@ def _postgres(url: str) -> Store:
     from .postgres import PostgresStore  # the `postgres` extra is optional: imported on use
 
     url, schema = pop_query(url, "schema")
-    return PostgresStore(url) if schema is None else PostgresStore(url, schema=schema)
+    url, liveness = pop_query(url, "liveness")
+    if liveness not in (None, "on", "off"):
+        raise ValueError(
+            f"liveness={liveness!r} in a PostgreSQL store URL: use liveness=off (behind a "
+            "connection pooler tokenward does not detect) or leave it out"
+        )
+    return PostgresStore(url, schema=schema or "tokenward", liveness=liveness != "off")
 
 
 def _memory(url: str) -> Store:
