@@ -151,3 +151,15 @@ def test_a_broker_shutdown_stops_its_sessions(env: SessionEnv) -> None:
     env.broker.stop()
     assert env.emulator.open_sessions() == []
     assert env.emulator.counters["sessions_stopped"] == 3
+
+
+def test_the_providers_concurrency_quota_is_reported_and_nothing_leaks(env: SessionEnv) -> None:
+    env.emulator.configure(session_concurrency=2)  # the account's quota, upstream
+    held = [env.open(), env.open()]
+    refused = env.http.post("/v1/sessions", headers=env.headers(), json={"credential": "avatar"})
+    assert refused.status_code == 502 and refused.json()["error"] == "upstream_failed"
+    assert env.emulator.counters["sessions_refused_quota"] == 1
+    assert len(env.emulator.open_sessions()) == 2
+    for session in held:
+        assert env.close(session).status_code == 204
+    assert env.open()["session_id"]  # a slot is free again upstream
