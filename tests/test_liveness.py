@@ -366,3 +366,32 @@ def test_broker_metrics_count_silent_waits_and_takeovers() -> None:
     assert 'tokenward_silent_lease_wait_seconds_total{credential="api"} 3.25' in text
     assert 'tokenward_lease_takeovers_total{credential="api"} 1.0' in text
     assert "elsewhere" not in text
+
+
+@pytest.mark.parametrize("rotation", [True, False], ids=["rotating", "kept"])
+def test_in_flight_record_never_outlives_its_use(
+    tokenward_emulator: EmulatorServer, tmp_path: Path, rotation: bool
+) -> None:
+    """After a refresh, no in-flight record names the refresh token the store holds: a provider
+    that keeps its refresh token gets the record cleared (else the next refresh by another
+    process would wait for its deadline); a rotated one names a spent token (nobody waits)."""
+    from tokenward.manager import TokenManager
+    from tokenward.sources.oauth2 import RefreshTokenGrant
+    from tokenward.stores.sqlite import SQLiteStore
+    from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET
+
+    emu = tokenward_emulator.emulator
+    emu.refresh_rotation = rotation
+    store = SQLiteStore(tmp_path / "tokens.db")
+    seed(emu, store, KEY)
+    grant = RefreshTokenGrant(tokenward_emulator.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET)
+    with TokenManager(KEY, grant, store) as manager:
+        for _ in range(3):
+            manager.refresh()
+            record = store.load(KEY)
+            assert record is not None and record.refresh_token is not None
+            flight = store.in_flight(KEY)
+            assert flight is None or flight.fingerprint != fingerprint(record.refresh_token)
+            assert (flight is None) is (not rotation)
+    assert emu.counters["refreshes"] == 3 and emu.counters["invalid_grant"] == 0
+    store.close()

@@ -208,9 +208,11 @@ def refresh_flow(ctx: FlowContext, seen: Token | None, force: bool = False) -> F
             return waited
         sent = waited.refresh_token if waited is not None else None
         token = yield from _refresh(ctx, waited, leased_at)
-        if token.refresh_token != sent:
-            # Rotated: our in-flight record names a refresh token that no record holds any
-            # more, so it holds nobody up; it lapses at its deadline (one write saved).
+        base = waited.version if waited is not None else 0
+        if token.refresh_token != sent and token.version == base + 1:
+            # Rotated by the one refresh we sent: our in-flight record names a refresh token
+            # that no record holds any more, so it holds nobody up; it lapses at its deadline
+            # (one write saved). After a detour (a refusal, a conflict) it is cleared.
             sent = None
         return token
     finally:
