@@ -263,3 +263,45 @@ def test_four_agent_processes_share_one_grant_side_by_side_with_the_sdk():
     # One refresh per expiry: at most 5 % more refreshes than token lifetimes elapsed (+1 for
     # the refresh that ended the run).
     assert ours["refreshes"] <= 1.05 * ours["lifetimes"] + 1, ours
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+async def test_any_store_holds_the_grant_and_its_registration(server, kind):
+    """The same over the network stores agent platforms share across machines."""
+    import uuid
+
+    from servers import POSTGRES_URL, REDIS_URL, require
+
+    require(kind)
+    name = "tw_mcp_" + uuid.uuid4().hex[:12]
+    if kind == "redis":
+        from tokenward.stores.redis import RedisStore
+
+        store = RedisStore(REDIS_URL, prefix=name + ":")
+    else:
+        from tokenward.stores.postgres import PostgresStore
+
+        store = PostgresStore(POSTGRES_URL, schema=name)
+    try:
+        await _login(server, store)
+        auth = McpOAuth(server.url, KEY, store)
+        async with _session(server.url, auth) as client:
+            await _calls_until(client, server, refreshes=2)
+        await auth.aclose()
+        record = store.load(KEY)
+        assert record is not None and record.state == "ok" and record.refresh_count >= 2
+        assert McpRegistration.from_record(record) is not None
+        assert server.provider.counters["invalid_grant"] == 0
+    finally:
+        store.delete(KEY)
+        if kind == "postgres":
+            import psycopg
+            from psycopg import sql
+
+            store.close()
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
+                )
+        else:
+            store.close()

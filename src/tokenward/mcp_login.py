@@ -167,7 +167,10 @@ def login(
     except TokenwardError:
         raise
     except Exception as exc:  # the SDK's OAuthFlowError & co: say what failed, no traceback
-        raise AuthorizationDenied(f"the MCP login failed: {type(exc).__name__}: {exc}") from None
+        # Only the SDK's summary: what follows its first ": " may quote the server's answer or
+        # the state, which the console and logs must not show.
+        what = str(exc).split(": ", 1)[0][:200]
+        raise AuthorizationDenied(f"the MCP login failed: {type(exc).__name__}: {what}") from None
     finally:
         listener.shutdown()
         listener.server_close()
