@@ -48,7 +48,7 @@ test: lint typecheck pytest
 demo: $(STAMP)
 	$(BIN)/python -m tokenward.demo
 
-# tokenward vs its peers, side by side (under 10 minutes); writes docs/benchmarks.md.
+# tokenward vs its peers, side by side (about 11 minutes); writes docs/benchmarks.md.
 # Needs Redis and PostgreSQL for the network stores (left out when they do not answer).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

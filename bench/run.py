@@ -181,8 +181,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if "mcp" in parts:
         from bench import mcp_agents
 
-        duration = args.mcp_duration or (3.0 if quick else 60.0)
-        say(f"mcp agents ({duration:g} s per peer) ...")
+        duration = args.mcp_duration or (3.0 if quick else 45.0)
+        say(f"mcp agents ({duration:g} s for tokenward, at most 12 s for the SDK's peers) ...")
         started = time.monotonic()
         results["mcp"] = mcp_agents.run(duration=duration, lifetime=2.0, progress=say)
         results["timings"]["mcp"] = time.monotonic() - started
@@ -266,11 +266,12 @@ def _save(results: dict[str, Any], args: argparse.Namespace, parts: list[str]) -
     merged: dict[str, Any] = {}
     if latest_path.exists():
         merged = json.loads(latest_path.read_text())
+    timings = dict(merged.get("timings", {}), **results["timings"])  # before update() drops them
     merged.update(results)
+    merged["timings"] = timings
     merged["parts_dates"] = dict(
         merged.get("parts_dates", {}), **dict.fromkeys(parts, results["date"])
     )
-    merged["timings"] = dict(merged.get("timings", {}), **results["timings"])
     latest_path.write_text(json.dumps(merged, indent=1))
     if not args.no_docs:
         report.write(merged, args.docs)
