@@ -49,6 +49,9 @@ api_key = "env:{API_KEY_ENV}"
 session_start = ""
 session_keep_alive = ""
 
+[broker]
+examples = true
+
 [broker.limits]
 session_idle_timeout = 30.0
 reap_interval = 0.05

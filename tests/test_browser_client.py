@@ -128,6 +128,26 @@ def test_a_page_that_goes_away_stops_its_session(env: SessionEnv, page: Any) -> 
     assert env.emulator.counters["sessions_stopped"] == 1
 
 
+def test_the_example_page_uses_the_module(env: SessionEnv, page: Any) -> None:
+    emulator = env.emulator
+    page.goto(f"{env.broker.url}/examples/session")
+    page.fill("#key", env.keys["web"])
+    page.click("#start")
+    page.wait_for_function("() => document.getElementById('out').textContent.startsWith('session')")
+    page.click("#task")
+    _until(lambda: emulator.counters["tasks"] == 1)
+    (upstream,) = emulator.open_sessions()
+    assert emulator.expire_session_token(upstream)
+    page.click("#task")  # a fresh session, the task again
+    _until(lambda: emulator.counters["tasks"] == 2)
+    page.click("#stop")
+    _until(lambda: emulator.open_sessions() == [])
+    counts = emulator.counters
+    assert counts["session_tokens"] == counts["sessions_started"] == 2
+    assert counts["session_tokens_reused"] == 0
+    assert env.keys["web"] not in page.content()
+
+
 # -- docs/sessions.md's recipe, as written ---------------------------------------------------------
 def _doc_blocks(kind: str) -> list[str]:
     text = (Path(__file__).parents[1] / "docs" / "sessions.md").read_text(encoding="utf-8")
