@@ -170,24 +170,26 @@ class Side:
         #: When the login's token request was sent (`time.monotonic()`).
         self.logged_in_at = 0.0
 
-    def prepare(self, config: DemoConfig) -> None:
+    def prepare(self) -> None:
         """Log in and write `.env`: the same file for both sides (tokenward seeds its expiry)."""
         tokens = self.provider.login()
         self.logged_in_at = tokens["sent_at"]
         self.first_fingerprint = fingerprint(tokens["refresh_token"])
         server = self.provider.server
-        self.env_file.write_text(
-            "# the orders pipeline's credentials\n"
-            f"API_URL={server.api_url}\nTOKEN_URL={server.token_url}\n"
-            f"CLIENT_ID={self.provider.client_id}\nCLIENT_SECRET={self.provider.client_secret}\n"
-            f"REFRESH_TOKEN={tokens['refresh_token']}\nACCESS_TOKEN={tokens['access_token']}\n"
-        )
-        self.env_file.chmod(0o600)
+        fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as env:  # readable by its owner only, from the first byte
+            env.write(
+                "# the orders pipeline's credentials\n"
+                f"API_URL={server.api_url}\nTOKEN_URL={server.token_url}\n"
+                f"CLIENT_ID={self.provider.client_id}\n"
+                f"CLIENT_SECRET={self.provider.client_secret}\n"
+                f"REFRESH_TOKEN={tokens['refresh_token']}\nACCESS_TOKEN={tokens['access_token']}\n"
+            )
         if self.name == "tokenward":
-            self._seed(tokens, config)
+            self._seed(tokens)
         self.provider.emulator.reset_counters()  # the login is not part of the run
 
-    def _seed(self, tokens: dict[str, Any], config: DemoConfig) -> None:
+    def _seed(self, tokens: dict[str, Any]) -> None:
         """What `tokenward import-env` does once: the record's expiry joins the `.env`."""
         source = RefreshTokenGrant(
             self.provider.server.token_url,
@@ -452,7 +454,7 @@ class Act:
         config, sides = self.config, self.sides
         for side in sides:
             side.wait_ready()
-            side.prepare(config)  # the login, right before the start
+            side.prepare()  # the login, right before the start
         kill = self.name == "sigkill"
         holds = {side.name: side.provider.emulator.hold("token") for side in sides if kill}
         schedule = Schedule(time.monotonic() + 0.1, self.duration, config.rate, config.workers)
