@@ -380,6 +380,9 @@ class McpOAuth(OAuthClientProvider):
         )
         self._auth = TokenAuth(self.manager)
         self._force_login = False
+        #: A usable grant was seen in the store: from then on the manager serves every request
+        #: (no store read on the hot path) until it reports that a login is needed.
+        self._ready = False
 
     @property
     def interactive(self) -> bool:
@@ -420,7 +423,8 @@ class McpOAuth(OAuthClientProvider):
     async def _auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, Any]:
         """The stored grant through tokenward's replay flow; the SDK's login flow only when a
         person must authorize and can (handlers given); else `McpLoginRequired`."""
-        stored = not self._force_login and await self._grant_ready()
+        stored = not self._force_login and (self._ready or await self._grant_ready())
+        self._ready = stored
         logging_in = not stored and self.interactive
         if stored:
             inner = self._auth.async_auth_flow(request)
@@ -436,8 +440,10 @@ class McpOAuth(OAuthClientProvider):
                 except StopAsyncIteration:
                     return
                 except McpLoginRequired:
+                    self._ready = False
                     raise
                 except ReauthorizationRequired as exc:
+                    self._ready = False
                     if not self.interactive or logging_in:
                         raise self._login_required(_refused(exc), exc.error) from None
                     events.emit("mcp.login_started", self.key, reason=exc.error)
