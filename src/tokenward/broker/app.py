@@ -67,8 +67,7 @@ __all__ = ["create_app"]
 
 audit_logger = logging.getLogger("tokenward.audit")
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-_PROXY_PREFIX = PROXY_PREFIX
-_PROXY_ROUTE = _PROXY_PREFIX + "{credential}/{path:path}"
+_PROXY_ROUTE = PROXY_PREFIX + "{credential}/{path:path}"
 #: What a proxied query must not hold: control characters, spaces, DEL, `#`, backslashes.
 _UNSAFE_QUERY = re.compile(r"[\x00-\x20\x7f#\\]")
 #: The files of examples/browser-session, served under /examples/browser-session/ ("" is the
@@ -435,11 +434,6 @@ class _Cors:
 _bearer = HTTPBearer(auto_error=False, description="A broker client key: twk_...")
 
 
-def _broker(request: Request) -> Broker:
-    broker: Broker = request.app.state.broker
-    return broker
-
-
 async def _client(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -685,9 +679,9 @@ def _target(request: Request, cred: _Credential) -> tuple[httpx2.URL, str]:
         )
     raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
     raw_text = raw.decode("latin-1")
-    if not raw_text.startswith(_PROXY_PREFIX):
+    if not raw_text.startswith(PROXY_PREFIX):
         raise BrokerError(400, "bad_path", "unexpected proxy path")
-    named, _, rest = raw_text[len(_PROXY_PREFIX) :].partition("/")
+    named, _, rest = raw_text[len(PROXY_PREFIX) :].partition("/")
     if named != cred.name:
         raise BrokerError(400, "bad_path", "the credential name must be plain (not encoded)")
     try:
