@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import random
 import subprocess
@@ -31,10 +32,11 @@ from tokenward.testing import TEST_CLIENT_ID, Emulator, EmulatorServer, fingerpr
 #: Kills per store (raise it for a soak run: TOKENWARD_CRASH_KILLS=500).
 KILLS = int(os.environ.get("TOKENWARD_CRASH_KILLS", "30"))
 LEASE_TTL = 0.3
-#: How much longer than the remaining lease TTL a fresh manager may need: its lease polling
-#: (at most 0.2 s between tries), one token request, a few store writes, a busy machine.
-#: (A lease that never expired would block it for the whole lease wait, 10 s, and then fail.)
-LEASE_SLACK = 1.0
+#: Events that mean a fresh manager waited on the dead child (its lease or its in-flight
+#: refresh token) instead of taking over at once: the child is provably dead (same host, its
+#: pid reaped), so none may appear, however busy the machine. (Wall-clock recovery times are
+#: printed, not asserted: a timing bound belongs in `make bench`.)
+WAITED_ON_DEAD_CHILD = ("lease.holder_silent", "lease.waiting_in_flight")
 KEY = "crash"
 DOTENV_MAPPING = {
     KEY: {"access_token": "CRASH_ACCESS_TOKEN", "refresh_token": "CRASH_REFRESH_TOKEN"}
@@ -97,6 +99,40 @@ class Child:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self.close()
+
+
+class _Events(logging.Handler):
+    """The names of the tokenward events emitted while it is attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.names: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = getattr(record, "event", None)
+        if name is not None:
+            self.names.append(name)
+
+    def attach(self) -> _Events:
+        logger = logging.getLogger("tokenward")
+        self._level = logger.level
+        logger.addHandler(self)
+        logger.setLevel(logging.DEBUG)
+        return self
+
+    def detach(self) -> None:
+        logger = logging.getLogger("tokenward")
+        logger.removeHandler(self)
+        logger.setLevel(self._level)
+
+
+def _settle(emu: Emulator) -> None:
+    """Wait until the emulator is done with every token request the killed child sent: one
+    still being processed could rotate the refresh token after the store was checked."""
+    deadline = time.monotonic() + 30  # a hang, not a slow machine
+    while (c := emu.counters)["token_requests_finished"] < c["token_requests"]:
+        assert time.monotonic() < deadline, f"token requests never finished: {c}"
+        time.sleep(0.001)
 
 
 def _seed(emu: Emulator, store: Store) -> Record:
@@ -199,6 +235,7 @@ def test_sigkill_during_refresh(
             child.go()
             time.sleep(delay)
             child.kill()
+            _settle(emu)
             phase, commits = workers.read_phase(child.phase_file)
             # Start the next child now: its imports overlap with the checks below.
             child = Child(cfg, tmp_path / f"phase-{kill + 1}")
@@ -241,6 +278,7 @@ def test_sigkill_during_refresh(
             manager = workers.make_manager(cfg, store)
             before = emu.counters
             t0 = time.monotonic()
+            seen = _Events().attach()
             try:
                 if lost:
                     if record.access_token is not None:
@@ -274,8 +312,12 @@ def test_sigkill_during_refresh(
                     _api_ok(manager, tokenward_emulator, fresh.fingerprint)
                     assert emu.counters["invalid_grant"] == 0
                     start = latest
-                assert waits[-1] < LEASE_TTL + LEASE_SLACK, f"blocked {waits[-1]:.2f}s"
+                # The dead child never made us wait: its lease and in-flight record were taken
+                # over (or had lapsed), not waited out.
+                waited = [e for e in seen.names if e in WAITED_ON_DEAD_CHILD]
+                assert waited == [], f"kill {kill}: waited on a dead child: {seen.names}"
             finally:
+                seen.detach()
                 manager.close()
                 store.close()
     finally:

@@ -95,6 +95,7 @@ _DELAY_FAULTS: Final = frozenset({"timeout", "drop_after_processing"})
 
 COUNTER_NAMES: Final = (
     "token_requests",
+    "token_requests_finished",
     "refreshes",
     "refresh_reuse",
     "refresh_grace_replays",
@@ -1415,7 +1416,14 @@ class _Handlers:
                 params, headers.get("authorization"), headers.get("user-agent")
             )
 
-        return await self.run_with_faults(request, "token", self.emu.latency, work, no_store=True)
+        try:
+            return await self.run_with_faults(
+                request, "token", self.emu.latency, work, no_store=True
+            )
+        finally:
+            # Beside `token_requests`: a test that killed a client waits until the two agree,
+            # so a request the dead client left behind cannot rotate a token afterwards.
+            self.emu.count("token_requests_finished")
 
     async def authorize(self, request: Request) -> Response:
         reply = self.emu.authorize(dict(request.query_params))
