@@ -668,7 +668,10 @@ from tokenward.stores import SQLiteStore
 
 base, token_url, path, mode = sys.argv[1:]
 source = RefreshTokenGrant(token_url, "test-client", "test-secret", client_auth="body")
-manager = TokenManager("ml", source, SQLiteStore(path), policy=RefreshPolicy(window_fraction=0.5))
+# 30 s tokens due for refresh after 0.9 s: ~28 s in which the old token is still served,
+# however late a busy machine wakes this process up.
+policy = RefreshPolicy(window_fraction=0.97)
+manager = TokenManager("ml", source, SQLiteStore(path), policy=policy)
 old = manager.token()                               # a long-running job...
 if mode == "start":
     manager.start()
@@ -689,7 +692,7 @@ while httpx2.get(base + "/_emulator/counters").json()["refreshes"] < 2:
 def test_exit_waits_for_a_refresh_in_flight(
     tmp_path: Path, server: EmulatorServer, emulator: Emulator, mode: str
 ) -> None:
-    emulator.access_lifetime = 2
+    emulator.access_lifetime = 30
     path = tmp_path / "tokens.db"
     store = SQLiteStore(path)
     try:
