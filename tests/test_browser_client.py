@@ -8,8 +8,8 @@ open; the page never sees the API key."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +19,7 @@ import httpx2
 import pytest
 from session_support import SessionEnv, session_env
 from test_browser import CHROMIUM, CHROMIUM_ARGS, _need_chromium
+from waiting import until
 
 from tokenward.broker.app import create_app
 from tokenward.broker.config import hash_key, new_key
@@ -69,11 +70,8 @@ def page(env: SessionEnv) -> Iterator[Any]:
             browser.close()
 
 
-def _until(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.02)
+#: Waits for what the page did upstream (the emulator's counters).
+_until = functools.partial(until, "the page's calls to reach the emulator", timeout=20.0)
 
 
 def test_module_is_served_publicly_as_javascript(env: SessionEnv) -> None:

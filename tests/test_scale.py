@@ -27,6 +27,7 @@ import httpx2
 import pytest
 import scale_workers
 from servers import POSTGRES_URL, REDIS_URL, require, unreachable
+from waiting import until
 
 from tokenward.manager import TokenManager
 from tokenward.refresher import Refresher
@@ -394,15 +395,6 @@ class _Callers:
             thread.join()
 
 
-def _until(what: str, condition: Any, timeout: float = 30.0) -> None:
-    """Wait until `condition()` holds (a counter, an event: never a guess at how long)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def _outage_run(
     emu: Any, server: EmulatorServer, store: Store, down: Any, in_effect: Any, up: Any
 ) -> tuple[_Callers, dict[str, int]]:
@@ -440,22 +432,22 @@ def _outage_run(
     )
     runner = threading.Thread(target=refresher.run)
     with _Callers(manager, server.api_url) as callers:
-        _until("callers at work", lambda: callers.calls >= 20)
+        until("callers at work", lambda: callers.calls >= 20)
         down()
         runner.start()  # the refresher starts into the outage: nothing was refreshed before
         calls = callers.calls
-        _until(
+        until(
             "the refresh to come due during the outage, callers calling on",
             lambda: (
                 in_effect(refresher) and time.time() > due + 0.2 and callers.calls >= calls + 20
             ),
         )
         up()
-        _until("the refresh after the outage", lambda: emu.counters["refreshes"] >= 1)
+        until("the refresh after the outage", lambda: emu.counters["refreshes"] >= 1)
         calls = callers.calls
-        _until("callers after the refresh", lambda: callers.calls >= calls + 20)
+        until("callers after the refresh", lambda: callers.calls >= calls + 20)
     # Refreshes go on: the 2-second token refreshed after the outage comes due in 1.6 s.
-    _until("a further refresh", lambda: emu.counters["refreshes"] >= 2)
+    until("a further refresh", lambda: emu.counters["refreshes"] >= 2)
     refresher.stop()
     runner.join()
     refresher.close()

@@ -5,12 +5,14 @@ clock (`advance`) expires tokens; no test waits for a token to die."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from session_support import SessionEnv, session_env
+from waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,12 +41,8 @@ def env(tmp_path: Path) -> Iterator[SessionEnv]:
         assert environment.leaks() == []
 
 
-def _until(condition: object, timeout: float = 20.0) -> None:
-    """Wait for a counter the broker's reaper moves (bounded; no fixed sleep decides)."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.02)
+#: Waits for a counter the broker's reaper moves.
+_until = functools.partial(until, "the broker's reaper", timeout=20.0)
 
 
 def _metric(env: SessionEnv, line: str) -> float:
