@@ -142,6 +142,34 @@ def checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
                 f"{row['twice']} twice, {row['invalid_grant']} invalid_grant",
             )
         )
+    out += _refresher_checks(results.get("refresher") or {})
+    return out
+
+
+def _refresher_checks(refresher: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """Issue 13: CPU per refresh within 1.3x the floor; flat (20 %) from 10k to 1M credentials."""
+    out = []
+    for kind, row in refresher.get("side_by_side", {}).items():
+        out.append(
+            (
+                f"refresher ({kind}): CPU per refresh at most 1.3x the floor's",
+                row["ratio"] <= 1.3,
+                f"{row['tokenward']['cpu_ms_per_refresh']:.3f} ms vs "
+                f"{row['floor']['cpu_ms_per_refresh']:.3f} ms: {row['ratio']:.2f}x",
+            )
+        )
+    for kind, rows in refresher.get("growth", {}).items():
+        costs = [row["tokenward"]["cpu_ms_per_refresh"] for row in rows]
+        if len(costs) > 1:
+            spread = max(costs) / min(costs)
+            sizes = f"{rows[0]['credentials']:,} to {rows[-1]['credentials']:,}"
+            out.append(
+                (
+                    f"refresher ({kind}): cost per refresh flat (20 %) from {sizes} credentials",
+                    spread <= 1.2,
+                    ", ".join(f"{cost:.3f}" for cost in costs) + f" ms ({spread:.2f}x)",
+                )
+            )
     return out
 
 
@@ -642,10 +670,63 @@ def _scale_section(scale: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _refresher_section(refresher: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 8. The refresher's CPU per refresh, beside the floor",
+        "",
+        "CPU time (user + system, all threads) of one refresher process from its first claim to "
+        f"its last stored refresh, over {refresher['refreshes']:,} credentials all due at once, "
+        "divided by the refreshes stored (`bench/refresher_cpu.py`). The floor "
+        "(`bench/floor.py`) is a hand-written asyncio loop doing only the unavoidable work per "
+        "refresh: one token POST with httpx2, one compare-and-set that files the next due time, "
+        "and a share of a batched claim that returns the records. The token endpoint is "
+        "`bench/tokenprovider.py` (raw asyncio, rotating single-use refresh tokens); its own "
+        "CPU per refresh is shown apart.",
+        "",
+        "| store | floor (ms) | tokenward (ms) | ratio | provider (ms) | invalid_grant |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for kind, row in refresher.get("side_by_side", {}).items():
+        floor, ours = row["floor"], row["tokenward"]
+        lines.append(
+            f"| {kind} | {floor['cpu_ms_per_refresh']:.3f} | {ours['cpu_ms_per_refresh']:.3f} | "
+            f"{row['ratio']:.2f}x | {ours['provider_cpu_ms_per_refresh']:.3f} | "
+            f"{floor['invalid_grant'] + ours['invalid_grant']} |"
+        )
+    if refresher.get("growth"):
+        lines += [
+            "",
+            "Growth: the store first holds N credentials (seeded straight into it), then "
+            f"{refresher['refreshes']:,} of them fall due. Claim: median wall time of one "
+            "64-key claim from the refresher's client.",
+            "",
+            "| store | credentials | claim (ms) | CPU per refresh (ms) | bytes per credential |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for kind, rows in refresher["growth"].items():
+            for row in rows:
+                lines.append(
+                    f"| {kind} | {row['credentials']:,} | {row['claim_ms']:.3f} | "
+                    f"{row['tokenward']['cpu_ms_per_refresh']:.3f} | "
+                    f"{row['bytes_per_credential']:,} |"
+                )
+    if refresher.get("rss"):
+        rss = refresher["rss"]
+        lines += [
+            "",
+            f"RSS: one refresher process grew {rss['rss_growth_mb']:.1f} MB while refreshing "
+            f"{rss['touched']:,} credentials on {rss['kind']}: {rss['mb_per_100k']:.1f} MB per "
+            "100,000 credentials touched.",
+        ]
+    for kind, why in refresher.get("skipped", {}).items():
+        lines.append(f"\n{kind}: not measured ({why}).")
+    return lines
+
+
 def _parts_dates(results: dict[str, Any]) -> list[str]:
     """When parts were measured at different times (`--only` merges into latest.json)."""
     dates = results.get("parts_dates", {})
-    parts = ("hot", "storm", "broker", "stores", "soak", "mcp", "scale")
+    parts = ("hot", "storm", "broker", "stores", "soak", "mcp", "scale", "refresher")
     shown = [part for part in parts if results.get(part)]
     if len({dates.get(part) for part in shown}) <= 1:
         return []
@@ -723,6 +804,7 @@ def write(results: dict[str, Any], page: Path) -> None:
         ("soak", lambda r: _soak_section(r["soak"])),
         ("mcp", lambda r: _mcp_section(r["mcp"])),
         ("scale", lambda r: _scale_section(r["scale"])),
+        ("refresher", lambda r: _refresher_section(r["refresher"])),
     ]
     for name, render in sections:
         if results.get(name):

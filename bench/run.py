@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable (also 
 from bench import report
 from bench.common import ROOT, machine
 
-PARTS = ("hot", "storm", "broker", "stores", "soak", "mcp", "scale")
+PARTS = ("hot", "storm", "broker", "stores", "soak", "mcp", "scale", "refresher")
 PEER_PACKAGES = (
     "httpx2",
     "httpx",
@@ -196,6 +196,18 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             results["scale"] = scale.run(progress=say)
         results["timings"]["scale"] = time.monotonic() - started
+    if "refresher" in parts:
+        from bench import refresher_cpu
+
+        say("refresher CPU per refresh beside the floor, and its growth with store size ...")
+        started = time.monotonic()
+        if quick:
+            results["refresher"] = refresher_cpu.run(refreshes=200, sizes=[], touched=0, say=say)
+        else:
+            results["refresher"] = refresher_cpu.run(
+                refreshes=3000, sizes=[10_000, 100_000, 1_000_000], touched=20_000, say=say
+            )
+        results["timings"]["refresher"] = time.monotonic() - started
     return _save(results, args, parts)
 
 

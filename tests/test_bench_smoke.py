@@ -93,3 +93,13 @@ def test_bench_quick_produces_numbers(tmp_path: Path) -> None:
     assert soak["requests"] > 0 and soak["ok"] > 0
     assert soak["failed"] == soak["not_sent"], soak  # every request sent succeeded
     assert soak["rss_first_mb"] > 0 and soak["rss_last_mb"] > 0
+
+    refresher = results["refresher"]  # Redis and PostgreSQL skipped (and named) when absent
+    measured = set(refresher["side_by_side"])
+    assert measured | set(refresher["skipped"]) == {"redis", "postgres", "sqlite"}
+    for kind, row in refresher["side_by_side"].items():
+        for impl in ("floor", "tokenward"):
+            # Every due credential refreshed once, none refused: the floor is a fair floor.
+            assert row[impl]["refreshed"] == refresher["refreshes"], (kind, impl, row)
+            assert row[impl]["failed"] == row[impl]["invalid_grant"] == 0, (kind, impl, row)
+            assert row[impl]["cpu_ms_per_refresh"] > 0, (kind, impl, row)
