@@ -40,6 +40,7 @@ from tokenward.stores import (
     Store,
     open_store,
 )
+from tokenward.stores.base import InFlightMark
 from tokenward.stores.url import SCHEMES, register_scheme
 
 
@@ -1103,3 +1104,94 @@ def test_importing_stores_needs_no_network_extras() -> None:
         "assert 'redis' not in sys.modules and 'psycopg' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- compound operations: the refresh protocol's store steps in one round trip -------------------
+def test_begin_refresh_takes_the_lease_reads_and_marks(any_store: Store) -> None:
+    store = any_store
+    assert store.compare_and_set(Record("k", 1, access_token="a1", refresh_token="r1"), 0)
+    begun = store.begin_refresh("k", "a", 30, InFlightMark(1, "fp-r1", 20))
+    assert begun.acquired and begun.marked and begun.in_flight is None
+    assert begun.record is not None and begun.record.refresh_token == "r1"  # decrypted, too
+    assert store.lease_holder("k").owner == "a"  # type: ignore[union-attr]
+    flight = store.in_flight("k")
+    assert flight is not None and (flight.owner, flight.fingerprint) == ("a", "fp-r1")
+    assert 15 < flight.expires_in <= 20
+    # Another owner: no lease, the record all the same (to adopt), no mark.
+    other = store.begin_refresh("k", "b", 30, InFlightMark(1, "fp-r1", 20))
+    assert not other.acquired and not other.marked
+    assert other.record is not None and other.record.version == 1
+    assert store.in_flight("k").owner == "a"  # type: ignore[union-attr]
+
+
+def test_begin_refresh_never_marks_over_another_owners_same_token(any_store: Store) -> None:
+    store = any_store
+    assert store.compare_and_set(Record("k", 1, refresh_token="r1"), 0)
+    store.mark_in_flight("k", "stalled", "fp-r1", 20)  # a stalled leader sent r1
+    begun = store.begin_refresh("k", "a", 30, InFlightMark(1, "fp-r1", 20))
+    assert begun.acquired and not begun.marked
+    assert begun.in_flight is not None and begun.in_flight.owner == "stalled"
+    assert store.in_flight("k").owner == "stalled"  # type: ignore[union-attr]
+    assert store.release_lease("k", "a")
+    # A record that moved on since it was claimed (version 2): no mark either.
+    assert store.compare_and_set(Record("k", 2, refresh_token="r2"), 1)
+    moved = store.begin_refresh("k", "a", 30, InFlightMark(1, "fp-r1", 20))
+    assert moved.acquired and not moved.marked and moved.record.version == 2  # type: ignore[union-attr]
+    # Another token in flight (a spent one) does not hold up r2.
+    again = store.begin_refresh("k", "a", 30, InFlightMark(2, "fp-r2", 20))
+    assert again.marked and store.in_flight("k").fingerprint == "fp-r2"  # type: ignore[union-attr]
+
+
+def test_finish_refresh_writes_clears_and_releases_only_when_it_wins(any_store: Store) -> None:
+    store = any_store
+    assert store.compare_and_set(Record("k", 1, refresh_token="r1"), 0)
+    assert store.begin_refresh("k", "a", 30, InFlightMark(1, "fp-r1", 20)).marked
+    assert not store.finish_refresh(Record("k", 3, refresh_token="x"), 2, "a")  # lost
+    assert store.lease_holder("k").owner == "a"  # type: ignore[union-attr]  # untouched
+    assert store.in_flight("k") is not None
+    assert store.load("k").refresh_token == "r1"  # type: ignore[union-attr]
+    assert store.finish_refresh(Record("k", 2, access_token="a2", refresh_token="r2"), 1, "a")
+    assert store.load("k").refresh_token == "r2"  # type: ignore[union-attr]
+    assert store.in_flight("k") is None and store.lease_holder("k") is None
+    assert store.acquire_lease("k", "b", 30)
+    # Somebody else's lease and in-flight record are never dropped by our finish.
+    store.mark_in_flight("k", "b", "fp-r2", 20)
+    assert store.finish_refresh(Record("k", 3, refresh_token="r3"), 2, "a")
+    assert store.lease_holder("k").owner == "b"  # type: ignore[union-attr]
+    assert store.in_flight("k").owner == "b"  # type: ignore[union-attr]
+    # A first write through finish, and keeping the in-flight record when asked to.
+    assert store.acquire_lease("new", "a", 30)
+    store.mark_in_flight("new", "a", "fp", 20)
+    assert store.finish_refresh(Record("new", 1, refresh_token="n1"), 0, "a", clear_in_flight=False)
+    assert store.in_flight("new") is not None and store.lease_holder("new") is None
+
+
+def test_claim_due_records_hands_out_records(any_store: Store) -> None:
+    store = any_store
+    now = time.time()
+    for i, expires in enumerate([now - 5, now - 1, now + 3600]):
+        record = Record(
+            f"k{i}",
+            1,
+            access_token=f"a{i}",
+            refresh_token=f"r{i}",
+            expires_at=expires,
+            obtained_at=expires - 3600,
+        )
+        assert store.compare_and_set(record, 0)
+    claimed = store.claim_due_records(now, 10, "w", 60)
+    assert [(r.key, r.refresh_token) for r in claimed] == [("k0", "r0"), ("k1", "r1")]
+    assert store.claim_due_records(now, 10, "w", 60) == []  # claimed until now + 60
+
+
+async def test_compound_operations_async(any_store: Store) -> None:
+    store = any_store
+    assert await store.acompare_and_set(Record("k", 1, refresh_token="r1", expires_at=1.0), 0)
+    begun = await store.abegin_refresh("k", "a", 30, InFlightMark(1, "fp-r1", 20))
+    assert begun.acquired and begun.marked and begun.record.refresh_token == "r1"  # type: ignore[union-attr]
+    assert not (await store.abegin_refresh("k", "b", 30)).acquired
+    assert await store.afinish_refresh(Record("k", 2, refresh_token="r2"), 1, "a")
+    assert await store.ain_flight("k") is None and await store.alease_holder("k") is None
+    assert await store.acompare_and_set(Record("d", 1, refresh_token="rd", expires_at=1.0), 0)
+    claimed = await store.aclaim_due_records(time.time(), 10, "w", 60)
+    assert [record.key for record in claimed] == ["d"]

@@ -14,12 +14,14 @@ them with native async code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from ..errors import StoreError
 from ..liveness import holder_parts, join_holder, process_alive
 from ..token import Token, fingerprint
 
@@ -27,7 +29,9 @@ __all__ = [
     "DUE_FRACTION",
     "DUE_MAX",
     "IDLE_OFFER_AFTER",
+    "Begun",
     "Claim",
+    "InFlightMark",
     "Record",
     "State",
     "Store",
@@ -119,6 +123,34 @@ class Claim:
     expires_in: float
     holder: str | None = None
     fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightMark:
+    """Ask `Store.begin_refresh` to record, in the same round trip, that the refresh token named
+    by `fingerprint` is about to be sent (`mark_in_flight`), provided the record still has
+    `version` and no other owner has that very token in flight."""
+
+    version: int
+    fingerprint: str
+    #: Seconds until the token request's deadline.
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """What `Store.begin_refresh` did and saw: the lease (taken or not), the record as it stands
+    (read after the lease was taken), the in-flight record before any mark, and the mark."""
+
+    acquired: bool
+    record: Record | None = None
+    in_flight: Claim | None = None
+    marked: bool = False
+
+
+def may_mark(current: Claim | None, owner: str, mark: InFlightMark) -> bool:
+    """An in-flight mark may be written unless another owner has the same token in flight."""
+    return current is None or current.owner == owner or current.fingerprint != mark.fingerprint
 
 
 #: The due-queue's default refresh-due time: `DUE_FRACTION` of the token's lifetime before its
@@ -263,6 +295,74 @@ class Store(ABC):
         """Network stores: whether the session signal `session` is still alive on the server."""
         return None
 
+    # Compound operations: the refresh protocol's store steps in as few round trips as the
+    # store allows. The defaults compose the operations above (same effect, more round trips);
+    # Redis, PostgreSQL and SQLite do each in one script, statement or transaction.
+    def begin_refresh(
+        self, key: str, owner: str, ttl: float, mark: InFlightMark | None = None
+    ) -> Begun:
+        """Take the lease on `key`, read the record and its in-flight record, and (with `mark`,
+        only when the lease was taken) mark the refresh token in flight (`may_mark`)."""
+        acquired = self.acquire_lease(key, owner, ttl)
+        record = self.load(key)
+        if not acquired:
+            return Begun(False, record)
+        current = self.in_flight(key)
+        marked = _mark_applies(record, current, owner, mark)
+        if marked and mark is not None:
+            self.mark_in_flight(key, owner, mark.fingerprint, mark.ttl)
+        return Begun(True, record, current, marked)
+
+    def finish_refresh(
+        self, record: Record, expected_version: int, owner: str, clear_in_flight: bool = True
+    ) -> bool:
+        """`compare_and_set(record, expected_version)`; when it wins, also drop `owner`'s
+        in-flight record of the key (unless told not to) and release `owner`'s lease. False
+        (nothing else done) when another write came first."""
+        if not self.compare_and_set(record, expected_version):
+            return False
+        if clear_in_flight:
+            with contextlib.suppress(StoreError):  # else it lapses at its deadline
+                self.clear_in_flight(record.key, owner)
+        self.release_lease(record.key, owner)
+        return True
+
+    def claim_due_records(self, now: float, limit: int, owner: str, ttl: float) -> list[Record]:
+        """`claim_due`, returning the claimed records (keys deleted meanwhile are left out)."""
+        claimed = (self.load(key) for key in self.claim_due(now, limit, owner, ttl))
+        return [record for record in claimed if record is not None]
+
+    async def abegin_refresh(
+        self, key: str, owner: str, ttl: float, mark: InFlightMark | None = None
+    ) -> Begun:
+        acquired = await self.aacquire_lease(key, owner, ttl)
+        record = await self.aload(key)
+        if not acquired:
+            return Begun(False, record)
+        current = await self.ain_flight(key)
+        marked = _mark_applies(record, current, owner, mark)
+        if marked and mark is not None:
+            await self.amark_in_flight(key, owner, mark.fingerprint, mark.ttl)
+        return Begun(True, record, current, marked)
+
+    async def afinish_refresh(
+        self, record: Record, expected_version: int, owner: str, clear_in_flight: bool = True
+    ) -> bool:
+        if not await self.acompare_and_set(record, expected_version):
+            return False
+        if clear_in_flight:
+            with contextlib.suppress(StoreError):
+                await self.aclear_in_flight(record.key, owner)
+        await self.arelease_lease(record.key, owner)
+        return True
+
+    async def aclaim_due_records(
+        self, now: float, limit: int, owner: str, ttl: float
+    ) -> list[Record]:
+        keys = await self.aclaim_due(now, limit, owner, ttl)
+        records = [await self.aload(key) for key in keys]
+        return [record for record in records if record is not None]
+
     # Due-queue: optional. The defaults keep the queue in this object's memory and scan the
     # records, which is right for single-process stores (memory, JSON file, dotenv). Shared
     # stores (SQLite, Redis, PostgreSQL) keep it beside the records and claim atomically.
@@ -363,3 +463,14 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.location!r})"
+
+
+def _mark_applies(
+    record: Record | None, current: Claim | None, owner: str, mark: InFlightMark | None
+) -> bool:
+    return (
+        mark is not None
+        and record is not None
+        and record.version == mark.version
+        and may_mark(current, owner, mark)
+    )

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import StoreCorrupted, StoreError
-from .base import Claim, Record, Store
+from .base import Begun, Claim, InFlightMark, Record, Store
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -417,6 +417,45 @@ class EncryptedStore(Store):
 
     # The due-queue is the inner store's: it is derived from clear fields (expiry, state), and
     # shared stores claim atomically on their server, which a wrapper-side queue would not.
+    def begin_refresh(
+        self, key: str, owner: str, ttl: float, mark: InFlightMark | None = None
+    ) -> Begun:
+        begun = self.inner.begin_refresh(key, owner, ttl, mark)
+        return replace(begun, record=self._unseal(begun.record))
+
+    def finish_refresh(
+        self, record: Record, expected_version: int, owner: str, clear_in_flight: bool = True
+    ) -> bool:
+        sealed = self._seal(record)
+        return self.inner.finish_refresh(sealed, expected_version, owner, clear_in_flight)
+
+    def claim_due_records(self, now: float, limit: int, owner: str, ttl: float) -> list[Record]:
+        claimed = self.inner.claim_due_records(now, limit, owner, ttl)
+        return [self._unsealed(record) for record in claimed]
+
+    async def abegin_refresh(
+        self, key: str, owner: str, ttl: float, mark: InFlightMark | None = None
+    ) -> Begun:
+        begun = await self.inner.abegin_refresh(key, owner, ttl, mark)
+        return replace(begun, record=self._unseal(begun.record))
+
+    async def afinish_refresh(
+        self, record: Record, expected_version: int, owner: str, clear_in_flight: bool = True
+    ) -> bool:
+        sealed = self._seal(record)
+        return await self.inner.afinish_refresh(sealed, expected_version, owner, clear_in_flight)
+
+    async def aclaim_due_records(
+        self, now: float, limit: int, owner: str, ttl: float
+    ) -> list[Record]:
+        claimed = await self.inner.aclaim_due_records(now, limit, owner, ttl)
+        return [self._unsealed(record) for record in claimed]
+
+    def _unsealed(self, record: Record) -> Record:
+        opened = self._unseal(record)
+        assert opened is not None  # _unseal maps a record to a record
+        return opened
+
     def schedule(self, key: str, due_at: float | None) -> None:
         self.inner.schedule(key, due_at)
 

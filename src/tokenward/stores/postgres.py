@@ -6,8 +6,8 @@ takes `pg_advisory_xact_lock` on a key derived from the schema name, so several 
 starting at once queue up and only the first does the work. A schema migrated by a newer
 tokenward is refused, never written to.
 
-Every operation is ONE statement on a pooled autocommit connection, so no lock or transaction is
-ever held between calls:
+Every operation is ONE statement on a pooled autocommit connection (`begin_refresh`: three in
+one pipeline), so no lock or transaction is ever held between calls:
 
 - compare-and-set: `UPDATE ... WHERE key = %s AND version = %s`, or for a new record
   `INSERT ... ON CONFLICT DO NOTHING`; the row count says who won. The commit is durable when
@@ -26,7 +26,9 @@ ever held between calls:
   pooler (the server's port differs from the one we connected to, e.g. PgBouncer in
   transaction mode) no session signal is recorded and server-side prepared statements are off.
 
-The sync methods use a `psycopg_pool.ConnectionPool`; the async ones an `AsyncConnectionPool`
+The module is longer than most (about 650 lines; its SQL is in `postgres_sql.py`) because it
+carries the store contract twice, natively: the sync methods use a `psycopg_pool.ConnectionPool`;
+the async ones (the asyncio refresher's path) an `AsyncConnectionPool`
 per event loop (an async connection belongs to the loop that opened it). Pools are opened on
 first use.
 """
@@ -53,47 +55,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from ..errors import StoreCorrupted, StoreError
-from .base import Claim, Record, Store, check_successor, due_time
+from .base import Begun, Claim, InFlightMark, Record, Store, check_successor, due_time
 from .file import record_from_data
+from .postgres_sql import LATEST, MIGRATIONS, Statements
 from .url import redact_url
 
-__all__ = ["MIGRATIONS", "PostgresStore"]
+__all__ = ["LATEST", "MIGRATIONS", "PostgresStore"]
 
-#: (version, statements): `{s}` is the schema. Append new migrations; never edit old ones.
-MIGRATIONS: list[tuple[int, list[str]]] = [
-    (
-        1,
-        [
-            "CREATE TABLE {s}.records (key text PRIMARY KEY, version bigint NOT NULL "
-            "CHECK (version >= 1), data jsonb NOT NULL, updated_at double precision NOT NULL)",
-            "CREATE TABLE {s}.leases (key text PRIMARY KEY, owner text NOT NULL, "
-            "expires_at timestamptz NOT NULL)",
-        ],
-    ),
-    (
-        2,
-        [
-            # The due-queue. Existing rows start with no due time: `tokenward refresher
-            # --backfill` (or `Refresher.backfill()`) schedules them.
-            "ALTER TABLE {s}.records ADD COLUMN due_at double precision, "
-            "ADD COLUMN claimed_by text",
-            "CREATE INDEX records_due_at ON {s}.records (due_at) WHERE due_at IS NOT NULL",
-        ],
-    ),
-]
-MIGRATIONS.append(
-    (
-        3,
-        [
-            # Liveness (who holds a lease, as another process can check) and in-flight records
-            # (a refresh token sent and not yet answered), see tokenward.liveness.
-            "ALTER TABLE {s}.leases ADD COLUMN holder text",
-            "CREATE TABLE {s}.in_flight (key text PRIMARY KEY, owner text NOT NULL, "
-            "fingerprint text NOT NULL, deadline timestamptz NOT NULL, holder text)",
-        ],
-    )
-)
-LATEST = MIGRATIONS[-1][0]
 
 _PORT = "SELECT current_setting('port')::int"
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -102,80 +70,6 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 def _lock_id(schema: str) -> int:
     digest = hashlib.sha256(f"tokenward:migrate:{schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-
-
-class _Statements:
-    def __init__(self, schema: str) -> None:
-        def q(text: str) -> sql.Composed:
-            return sql.SQL(text).format(s=sql.Identifier(schema))
-
-        self.registry = sql.Literal(f"{schema}.schema_migrations")
-        self.current = q("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations")
-        self.create_schema = q("CREATE SCHEMA IF NOT EXISTS {s}")
-        self.create_registry = q(
-            "CREATE TABLE IF NOT EXISTS {s}.schema_migrations (version integer PRIMARY KEY, "
-            "applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        self.record_migration = q("INSERT INTO {s}.schema_migrations (version) VALUES (%s)")
-        self.migrations = [(version, [q(s) for s in steps]) for version, steps in MIGRATIONS]
-        self.load = q("SELECT version, data FROM {s}.records WHERE key = %s")
-        self.insert = q(
-            "INSERT INTO {s}.records (key, version, data, updated_at, due_at) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING"
-        )
-        self.update = q(
-            "UPDATE {s}.records SET version = %s, data = %s, updated_at = %s, due_at = %s, "
-            "claimed_by = NULL WHERE key = %s AND version = %s"
-        )
-        self.schedule = q("UPDATE {s}.records SET due_at = %s WHERE key = %s")
-        self.claim = q(
-            "UPDATE {s}.records AS r SET due_at = %s, claimed_by = %s FROM ("
-            "SELECT key FROM {s}.records WHERE due_at <= %s ORDER BY due_at LIMIT %s "
-            "FOR UPDATE SKIP LOCKED) AS due WHERE r.key = due.key RETURNING r.key"
-        )
-        self.delete = q(
-            "WITH lease AS (DELETE FROM {s}.leases WHERE key = %(k)s), "
-            "flight AS (DELETE FROM {s}.in_flight WHERE key = %(k)s) "
-            "DELETE FROM {s}.records WHERE key = %(k)s"
-        )
-        self.keys = q("SELECT key FROM {s}.records WHERE starts_with(key, %s)")
-        self.acquire = q(
-            "INSERT INTO {s}.leases AS leases (key, owner, expires_at, holder) "
-            "VALUES (%s, %s, now() + make_interval(secs => %s), %s) "
-            "ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner, "
-            "expires_at = EXCLUDED.expires_at, holder = EXCLUDED.holder "
-            "WHERE leases.owner = EXCLUDED.owner OR leases.expires_at < now()"
-        )
-        self.renew = q(
-            "UPDATE {s}.leases SET expires_at = now() + make_interval(secs => %s) "
-            "WHERE key = %s AND owner = %s AND expires_at > now()"
-        )
-        self.release = q("DELETE FROM {s}.leases WHERE key = %s AND owner = %s")
-        self.take_over = q(
-            "UPDATE {s}.leases SET owner = %s, expires_at = now() + make_interval(secs => %s), "
-            "holder = %s WHERE key = %s AND owner = %s"
-        )
-        self.holder = q(
-            "SELECT owner, extract(epoch FROM expires_at - now())::float8, holder "
-            "FROM {s}.leases WHERE key = %s AND expires_at > now()"
-        )
-        self.mark = q(
-            "INSERT INTO {s}.in_flight AS f (key, owner, fingerprint, deadline, holder) "
-            "VALUES (%s, %s, %s, now() + make_interval(secs => %s), %s) "
-            "ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner, "
-            "fingerprint = EXCLUDED.fingerprint, deadline = EXCLUDED.deadline, "
-            "holder = EXCLUDED.holder"
-        )
-        self.in_flight = q(
-            "SELECT owner, extract(epoch FROM deadline - now())::float8, holder, fingerprint "
-            "FROM {s}.in_flight WHERE key = %s AND deadline > now()"
-        )
-        self.clear = q("DELETE FROM {s}.in_flight WHERE key = %s AND owner = %s")
-        self.advisory_held = q(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "AND classid = %s::oid AND objid = %s::oid AND objsubid = 1)"
-        )
 
 
 class PostgresStore(Store):
@@ -216,7 +110,7 @@ class PostgresStore(Store):
         self.schema = schema
         self._timeout = timeout
         self._max_size = max_size
-        self._sql = _Statements(schema)
+        self._sql = Statements(schema)
         self._guard = threading.Lock()
         self._liveness = liveness
         #: Reached through a connection pooler (see `_check_direct`).
@@ -361,6 +255,39 @@ class PostgresStore(Store):
             rows = conn.execute(self._sql.claim, params).fetchall()
         return [row[0] for row in rows]
 
+    def begin_refresh(
+        self, key: str, owner: str, ttl: float, mark: InFlightMark | None = None
+    ) -> Begun:
+        """Three statements in one pipeline (one round trip): the lease, then (a new snapshot,
+        so a refresh committed while we waited for the lease is seen) the record and in-flight
+        record, then the conditional mark."""
+        holder = self._holder()
+        lease = (key, owner, float(ttl), holder)
+        marking = self._mark_params(key, owner, holder, mark)
+        with self._errors("begin refresh"), self._connection() as conn:
+            with conn.pipeline():
+                acquired = conn.execute(self._sql.acquire, lease)
+                seen = conn.execute(self._sql.begun, {"k": key})
+                marked = conn.execute(self._sql.mark_if, marking) if marking else None
+            return self._begun(key, acquired.rowcount == 1, seen.fetchone(), marked)
+
+    def finish_refresh(
+        self, record: Record, expected_version: int, owner: str, clear_in_flight: bool = True
+    ) -> bool:
+        check_successor(record, expected_version)
+        statement, params = self._finish(record, expected_version, owner, clear_in_flight)
+        with self._errors("finish refresh"), self._connection() as conn:
+            row = conn.execute(statement, params).fetchone()
+        return bool(row and row[0])
+
+    def claim_due_records(self, now: float, limit: int, owner: str, ttl: float) -> list[Record]:
+        if limit <= 0:
+            return []
+        params = (float(now + ttl), owner, float(now), int(limit))
+        with self._errors("claim due keys"), self._connection() as conn:
+            rows = conn.execute(self._sql.claim_records, params).fetchall()
+        return [self._record_of(key, version, data) for key, version, data in rows]
+
     def close(self) -> None:
         """Close the sync pool; async pools are dropped (`aclose` closes the current loop's)."""
         self._async.clear()
@@ -398,6 +325,75 @@ class PostgresStore(Store):
 
     async def arelease_lease(self, key: str, owner: str) -> bool:
         return await self._arowcount("release lease", self._sql.release, (key, owner))
+
+    async def alease_holder(self, key: str) -> Claim | None:
+        rows = await self._aread("read lease", self._sql.holder, (key,))
+        return Claim(rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+    async def atake_over_lease(self, key: str, dead_owner: str, owner: str, ttl: float) -> bool:
+        holder = await asyncio.to_thread(self._holder)
+        params = (owner, float(ttl), holder, key, dead_owner)
+        return await self._arowcount("take over lease", self._sql.take_over, params)
+
+    async def amark_in_flight(self, key: str, owner: str, fingerprint: str, ttl: float) -> None:
+        holder = await asyncio.to_thread(self._holder)
+        params = (key, owner, fingerprint, float(ttl), holder)
+        await self._arowcount("mark in flight", self._sql.mark, params)
+
+    async def ain_flight(self, key: str) -> Claim | None:
+        rows = await self._aread("read in-flight record", self._sql.in_flight, (key,))
+        return Claim(rows[0][0], rows[0][1], rows[0][2], rows[0][3]) if rows else None
+
+    async def aclear_in_flight(self, key: str, owner: str) -> bool:
+        return await self._arowcount("clear in flight", self._sql.clear, (key, owner))
+
+    async def aschedule(self, key: str, due_at: float | None) -> None:
+        await self._arowcount("schedule", self._sql.schedule, (due_at, key))
+
+    async def aclaim_due(self, now: float, limit: int, owner: str, ttl: float) -> list[str]:
+        records = await self.aclaim_due_records(now, limit, owner, ttl)
+        return [record.key for record in records]
+
+    async def abegin_refresh(
+        self, key: str, owner: str, ttl: float, mark: InFlightMark | None = None
+    ) -> Begun:
+        holder = await asyncio.to_thread(self._holder)
+        lease, marking = (
+            (key, owner, float(ttl), holder),
+            self._mark_params(key, owner, holder, mark),
+        )
+        with self._errors("begin refresh"):
+            pool = await self._apool()
+            async with pool.connection() as conn:
+                async with conn.pipeline():
+                    acquired = await conn.execute(self._sql.acquire, lease)
+                    seen = await conn.execute(self._sql.begun, {"k": key})
+                    marked = await conn.execute(self._sql.mark_if, marking) if marking else None
+                row = await seen.fetchone()
+                return self._begun(key, acquired.rowcount == 1, row, marked)
+
+    async def afinish_refresh(
+        self, record: Record, expected_version: int, owner: str, clear_in_flight: bool = True
+    ) -> bool:
+        check_successor(record, expected_version)
+        statement, params = self._finish(record, expected_version, owner, clear_in_flight)
+        with self._errors("finish refresh"):
+            pool = await self._apool()
+            async with pool.connection() as conn:
+                row = await (await conn.execute(statement, params)).fetchone()
+        return bool(row and row[0])
+
+    async def aclaim_due_records(
+        self, now: float, limit: int, owner: str, ttl: float
+    ) -> list[Record]:
+        if limit <= 0:
+            return []
+        params = (float(now + ttl), owner, float(now), int(limit))
+        with self._errors("claim due keys"):
+            pool = await self._apool()
+            async with pool.connection() as conn:
+                rows = await (await conn.execute(self._sql.claim_records, params)).fetchall()
+        return [self._record_of(key, version, data) for key, version, data in rows]
 
     async def aclose(self) -> None:
         """Close this loop's async pool and the sync pool."""
@@ -614,6 +610,46 @@ class PostgresStore(Store):
             async with pool.connection() as conn:
                 cursor = await conn.execute(statement, params)
                 return cursor.rowcount == 1
+
+    @staticmethod
+    def _mark_params(
+        key: str, owner: str, holder: str | None, mark: InFlightMark | None
+    ) -> dict[str, Any] | None:
+        if mark is None:
+            return None
+        return {
+            "k": key,
+            "o": owner,
+            "fp": mark.fingerprint,
+            "ttl": float(mark.ttl),
+            "h": holder,
+            "v": mark.version,
+        }
+
+    def _begun(self, key: str, acquired: bool, row: tuple[Any, ...] | None, marked: Any) -> Begun:
+        assert row is not None  # the statement always answers one row
+        version, data, owner, left, holder, fp = row
+        record = None if version is None else self._record_of(key, version, data)
+        if not acquired:
+            return Begun(False, record)
+        in_flight = None if owner is None else Claim(owner, left, holder, fp)
+        return Begun(True, record, in_flight, marked is not None and marked.rowcount == 1)
+
+    def _finish(
+        self, record: Record, expected_version: int, owner: str, clear: bool
+    ) -> tuple[sql.Composed, dict[str, Any]]:
+        params = {
+            "k": record.key,
+            "o": owner,
+            "clear": clear,
+            "v": record.version,
+            "data": Jsonb(record.to_dict()),
+            "at": record.updated_at,
+            "due": due_time(record),
+            "expected": expected_version,
+        }
+        statement = self._sql.finish_insert if expected_version == 0 else self._sql.finish_update
+        return statement, params
 
     def _record_of(self, key: str, version: Any, data: Any) -> Record:
         where = f"record {key!r}"

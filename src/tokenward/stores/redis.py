@@ -22,9 +22,11 @@ released by its owner.
 Durability: a compare-and-set is as durable as the server's persistence settings make it
 (`appendonly yes` with `appendfsync always` for invariant 2 across a server crash).
 
-The sync methods use `redis.Redis`; the async ones use `redis.asyncio.Redis`, one client per
-event loop (an asyncio connection belongs to the loop that opened it). The scripts touch several
-keys of one prefix, so on Redis Cluster all of them must hash to one slot: put a hash tag in the
+The module is longer than most (about 550 lines) because it carries the whole store contract
+twice, natively: the sync methods use `redis.Redis`; the async ones use `redis.asyncio.Redis`
+(the asyncio refresher's path), one client per event loop (an asyncio connection belongs to the
+loop that opened it). The scripts (`redis_scripts.py`) touch several keys of one prefix, so on
+Redis Cluster all of them must hash to one slot: put a hash tag in the
 prefix, e.g. `prefix="{tokenward}:"`.
 """
 
@@ -48,127 +50,13 @@ import redis.connection
 from redis.commands.core import AsyncScript, Script
 
 from ..errors import StoreCorrupted, StoreError
-from .base import Claim, Record, Store, check_successor, due_time
+from .base import Begun, Claim, InFlightMark, Record, Store, check_successor, due_time
 from .file import record_from_data
 from .url import redact_url
 
 __all__ = ["RedisStore"]
 
-# KEYS: record, index, due. ARGV: expected version, new version, data, record key, due time
-# ('' when never due).
-_CAS = """
-local current = redis.call('HGET', KEYS[1], 'version')
-if ARGV[1] == '0' then
-  if current then return 0 end
-elseif current ~= ARGV[1] then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'data', ARGV[3])
-redis.call('ZADD', KEYS[2], 0, ARGV[4])
-if ARGV[5] == '' then
-  redis.call('ZREM', KEYS[3], ARGV[4])
-else
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-end
-return 1
-"""
-# KEYS: due. ARGV: now, limit, claimed until.
-_CLAIM = """
-local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, key in ipairs(keys) do
-  redis.call('ZADD', KEYS[1], ARGV[3], key)
-end
-return keys
-"""
-# KEYS: record, due. ARGV: record key, due time ('' when never due). Only existing records.
-_SCHEDULE = """
-if ARGV[2] == '' then
-  return redis.call('ZREM', KEYS[2], ARGV[1])
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-return redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-"""
-# KEYS: lease, holder. ARGV: owner, ttl in milliseconds, holder identity ('' when none).
-_ACQUIRE = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] == '' then
-  redis.call('DEL', KEYS[2])
-else
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-end
-return 1
-"""
-# KEYS: lease, holder. ARGV: owner, ttl in milliseconds.
-_RENEW = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
-"""
-# KEYS: lease, holder. ARGV: owner.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-return 1
-"""
-# KEYS: lease, holder. ARGV: dead owner, new owner, ttl in milliseconds, holder ('' when none).
-_TAKE_OVER = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-if ARGV[4] == '' then
-  redis.call('DEL', KEYS[2])
-else
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
-end
-return 1
-"""
-# KEYS: lease, holder. Returns {owner, ms left, holder} or {} when there is no lease.
-_HOLDER = """
-local owner = redis.call('GET', KEYS[1])
-if not owner then return {} end
-return {owner, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2]) or ''}
-"""
-# KEYS: in-flight. ARGV: owner, fingerprint, ttl in milliseconds, holder ('' when none).
-_MARK = """
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fp', ARGV[2], 'holder', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-# KEYS: in-flight. Returns {owner, ms left, holder, fingerprint} or {}.
-_IN_FLIGHT = """
-local v = redis.call('HMGET', KEYS[1], 'owner', 'fp', 'holder')
-if not v[1] then return {} end
-return {v[1], redis.call('PTTL', KEYS[1]), v[3] or '', v[2]}
-"""
-# KEYS: in-flight. ARGV: owner.
-_CLEAR = """
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-return redis.call('DEL', KEYS[1])
-"""
-# KEYS: record, lease, index, due, holder, in-flight. ARGV: record key.
-_DELETE = """
-redis.call('DEL', KEYS[2], KEYS[5], KEYS[6])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-return redis.call('DEL', KEYS[1])
-"""
-_SCRIPTS = {
-    "cas": _CAS,
-    "acquire": _ACQUIRE,
-    "renew": _RENEW,
-    "release": _RELEASE,
-    "del": _DELETE,
-    "take_over": _TAKE_OVER,
-    "holder": _HOLDER,
-    "mark": _MARK,
-    "in_flight": _IN_FLIGHT,
-    "clear": _CLEAR,
-    "claim": _CLAIM,
-    "schedule": _SCHEDULE,
-}
+from .redis_scripts import SCRIPTS as _SCRIPTS
 
 _TIMEOUTS = {"socket_connect_timeout": 10.0, "socket_timeout": 30.0}
 
@@ -343,6 +231,31 @@ class RedisStore(Store):
             claimed = self._scripts["claim"](keys=[self._due], args=args)
         return [_text(key) for key in claimed]
 
+    def begin_refresh(
+        self, key: str, owner: str, ttl: float, mark: InFlightMark | None = None
+    ) -> Begun:
+        keys, args = self._begin_args(key, owner, ttl, mark)
+        with self._errors("begin refresh"):
+            found = self._scripts["begin"](keys=keys, args=args)
+        return self._begun(key, found)
+
+    def finish_refresh(
+        self, record: Record, expected_version: int, owner: str, clear_in_flight: bool = True
+    ) -> bool:
+        check_successor(record, expected_version)
+        keys, args = self._finish_args(record, expected_version, owner, clear_in_flight)
+        with self._errors("finish refresh"):
+            return bool(self._scripts["finish"](keys=keys, args=args))
+
+    def claim_due_records(self, now: float, limit: int, owner: str, ttl: float) -> list[Record]:
+        if limit <= 0:
+            return []
+        with self._errors("claim due keys"):
+            found = self._scripts["claim_records"](
+                keys=[self._due], args=self._claim_args(now, limit, ttl)
+            )
+        return self._claimed(found)
+
     def close(self) -> None:
         """Close the sync connections; async clients are dropped (use `aclose` in a loop to
         close the current loop's client cleanly)."""
@@ -403,6 +316,80 @@ class RedisStore(Store):
         with self._errors("release lease"):
             result = await side.scripts["release"](keys=self._lease_keys(key), args=[owner])
         return bool(result)
+
+    async def alease_holder(self, key: str) -> Claim | None:
+        side = self._side()
+        with self._errors("read lease"):
+            found = await side.scripts["holder"](keys=self._lease_keys(key))
+        return self._claim(found)
+
+    async def atake_over_lease(self, key: str, dead_owner: str, owner: str, ttl: float) -> bool:
+        args: list[str | int] = [dead_owner, owner, self._ttl_ms(ttl), self._holder() or ""]
+        side = self._side()
+        with self._errors("take over lease"):
+            return bool(await side.scripts["take_over"](keys=self._lease_keys(key), args=args))
+
+    async def amark_in_flight(self, key: str, owner: str, fingerprint: str, ttl: float) -> None:
+        args: list[str | int] = [owner, fingerprint, self._ttl_ms(ttl), self._holder() or ""]
+        side = self._side()
+        with self._errors("mark in flight"):
+            await side.scripts["mark"](keys=[self._in_flight_key(key)], args=args)
+
+    async def ain_flight(self, key: str) -> Claim | None:
+        side = self._side()
+        with self._errors("read in-flight record"):
+            found = await side.scripts["in_flight"](keys=[self._in_flight_key(key)])
+        return self._claim(found)
+
+    async def aclear_in_flight(self, key: str, owner: str) -> bool:
+        side = self._side()
+        with self._errors("clear in flight"):
+            return bool(await side.scripts["clear"](keys=[self._in_flight_key(key)], args=[owner]))
+
+    async def aschedule(self, key: str, due_at: float | None) -> None:
+        args = [key, "" if due_at is None else repr(float(due_at))]
+        side = self._side()
+        with self._errors("schedule"):
+            await side.scripts["schedule"](keys=[self._record_key(key), self._due], args=args)
+
+    async def aclaim_due(self, now: float, limit: int, owner: str, ttl: float) -> list[str]:
+        if limit <= 0:
+            return []
+        args: list[str | int] = [repr(float(now)), int(limit), repr(float(now + ttl))]
+        side = self._side()
+        with self._errors("claim due keys"):
+            claimed = await side.scripts["claim"](keys=[self._due], args=args)
+        return [_text(key) for key in claimed]
+
+    async def abegin_refresh(
+        self, key: str, owner: str, ttl: float, mark: InFlightMark | None = None
+    ) -> Begun:
+        keys, args = self._begin_args(key, owner, ttl, mark)
+        side = self._side()
+        with self._errors("begin refresh"):
+            found = await side.scripts["begin"](keys=keys, args=args)
+        return self._begun(key, found)
+
+    async def afinish_refresh(
+        self, record: Record, expected_version: int, owner: str, clear_in_flight: bool = True
+    ) -> bool:
+        check_successor(record, expected_version)
+        keys, args = self._finish_args(record, expected_version, owner, clear_in_flight)
+        side = self._side()
+        with self._errors("finish refresh"):
+            return bool(await side.scripts["finish"](keys=keys, args=args))
+
+    async def aclaim_due_records(
+        self, now: float, limit: int, owner: str, ttl: float
+    ) -> list[Record]:
+        if limit <= 0:
+            return []
+        side = self._side()
+        with self._errors("claim due keys"):
+            found = await side.scripts["claim_records"](
+                keys=[self._due], args=self._claim_args(now, limit, ttl)
+            )
+        return self._claimed(found)
 
     async def aclose(self) -> None:
         """Close this loop's async client and the sync connections."""
@@ -509,6 +496,42 @@ class RedisStore(Store):
             record.key,
             "" if due is None else repr(float(due)),
         ]
+
+    def _begin_args(
+        self, key: str, owner: str, ttl: float, mark: InFlightMark | None
+    ) -> tuple[list[str], list[str | int]]:
+        keys = [*self._lease_keys(key), self._record_key(key), self._in_flight_key(key)]
+        args: list[str | int] = [owner, self._ttl_ms(ttl), self._holder() or ""]
+        if mark is None:
+            return keys, [*args, "", "", 0]
+        return keys, [*args, str(mark.version), mark.fingerprint, self._ttl_ms(mark.ttl)]
+
+    def _begun(self, key: str, found: Any) -> Begun:
+        record = self._record_of(key, found[1], found[2])
+        if not found[0]:
+            return Begun(False, record)
+        in_flight = self._claim(found[3:7]) if found[3] else None
+        return Begun(True, record, in_flight, bool(found[7]))
+
+    def _finish_args(
+        self, record: Record, expected_version: int, owner: str, clear: bool
+    ) -> tuple[list[str], list[Any]]:
+        keys, args = self._cas_args(record, expected_version)
+        keys += [self._in_flight_key(record.key), *self._lease_keys(record.key)]
+        return keys, [*args, owner, "1" if clear else "0"]
+
+    def _claim_args(self, now: float, limit: int, ttl: float) -> list[str | int]:
+        return [repr(float(now)), int(limit), repr(float(now + ttl)), f"{self.prefix}record:"]
+
+    def _claimed(self, found: Any) -> list[Record]:
+        records = []
+        for i in range(0, len(found), 3):
+            key, version, data = _text(found[i]), found[i + 1], found[i + 2]
+            if version:  # else the record was deleted after it was queued
+                record = self._record_of(key, version, data)
+                if record is not None:
+                    records.append(record)
+        return records
 
     def _record_of(self, key: str, version: Any, data: Any) -> Record | None:
         if version is None and data is None:
