@@ -76,6 +76,15 @@ def cli_status_jq(world: World, block: Block) -> None:
     assert _run_console(world, block) == ["ml\n"]
 
 
+def cli_login_python(world: World, block: Block) -> None:
+    world.env["ML_CLIENT_SECRET"] = "..."
+    output = world.python(block.text)  # after cli_status_jq's `revoke --local`: a new login
+    assert "Open https://auth.mercadolibre.com/authorization?" in output
+    assert "logged in ml, token " in output
+    rows = json.loads(world.sh(["tokenward status --json"])[0])
+    assert {row["name"]: row["state"] for row in rows}["ml"] == "ok"
+
+
 def cli_import_env(world: World, block: Block) -> None:
     emulator = world.emulator.emulator
     folder = world.base / "import"
@@ -248,6 +257,7 @@ RUNNERS: dict[str, list[tuple[str, Runner]]] = {
         ("tokenward init", cli_first_steps),
         ('curl -H "Authorization: Bearer $(tokenward token ml)"', cli_token_in_a_shell),
         ("tokenward status --json | jq", cli_status_jq),
+        ("from tokenward.login import login", cli_login_python),
         ("tokenward import-env .env", cli_import_env),
         (".env", cli_gitignore),
         ('eval "$(_TOKENWARD_COMPLETE=bash_source tokenward)"', cli_completion),

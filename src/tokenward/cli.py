@@ -18,18 +18,14 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
 import sys
 import threading
 import time
 import warnings
-import webbrowser
 from collections.abc import Callable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import parse_qsl, urlsplit
 
 import click
 import httpx2
@@ -56,16 +52,9 @@ from .errors import (
     TokenwardError,
     TransientError,
 )
-from .sources.authorization import (
-    AuthorizationDenied,
-    Pkce,
-    authorization_url,
-    parse_callback,
-    parse_device_authorization,
-    parse_device_poll,
-)
+from .sources.authorization import AuthorizationDenied, DeviceAuthorization
 from .sources.oauth2 import parse_token_response
-from .token import Token, fingerprint
+from .token import fingerprint
 from .transport import DEFAULT_TIMEOUT, HttpRequest, send
 
 __all__ = [
@@ -691,116 +680,18 @@ def _http(request: HttpRequest) -> Any:
         return send(client, request)
 
 
-class _Callback(BaseHTTPRequestHandler):
-    """Receives the one redirect of an authorization code login."""
-
-    result: dict[str, str] | None = None
-
-    def do_GET(self) -> None:
-        parts = urlsplit(self.path)
-        if parts.path != "/callback":
-            self.send_error(404)
-            return
-        type(self).result = dict(parse_qsl(parts.query))
-        body = b"<html><body>tokenward: login complete, you can close this tab.</body></html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # the query holds the code
-        return
-
-
-def _wait_for_callback(
-    port: int, announce: Callable[[str], None], timeout: float
-) -> dict[str, str]:
-    handler: type[_Callback] = type("Callback", (_Callback,), {"result": None})
-    server = HTTPServer(("127.0.0.1", port), handler)
-    server.timeout = 0.5
-    try:
-        announce(f"http://127.0.0.1:{server.server_address[1]}/callback")
-        deadline = time.monotonic() + timeout
-        while handler.result is None:
-            if time.monotonic() > deadline:
-                raise AuthorizationDenied(
-                    f"no login callback within {timeout:.0f}s; run `tokenward login` again"
-                )
-            server.handle_request()
-        result: dict[str, str] = handler.result
-        return result
-    finally:
-        server.server_close()
-
-
-def _seed(settings: CredentialConfig, config: Config, fresh: Token) -> None:
-    manager = settings.manager(config.store_for(settings))
-    record = manager.seed(
-        refresh_token=fresh.refresh_token,
-        access_token=fresh.access_token,
-        expires_in=fresh.expires_in(),
-        token_type=fresh.token_type,
-        scope=fresh.scope,
-    )
-    refresh = "with" if fresh.refresh_token else "WITHOUT"
+def _show_url(url: str, redirect_uri: str, timeout: float) -> None:
+    click.echo(f"Open this URL to authorize tokenward:\n{url}", err=True)
     click.echo(
-        f"logged in {settings.name}: token {fresh.fingerprint} (version {record.version}), "
-        f"{refresh} a refresh token"
+        f"Waiting up to {timeout:.0f}s for the provider's redirect to {redirect_uri} "
+        "(Ctrl-C cancels).",
+        err=True,
     )
 
 
-def _login_code(settings: CredentialConfig, port: int, browser: bool, timeout: float) -> Token:
-    client = settings.oauth_client()
-    authorize = settings.require("authorize_url", "log in with a browser (or use --device)")
-    pkce, state = Pkce.new(), secrets.token_urlsafe(24)
-    redirect: dict[str, str] = {}
-
-    def announce(redirect_uri: str) -> None:
-        redirect["uri"] = redirect_uri
-        url = authorization_url(
-            authorize,
-            client.client_id,
-            redirect_uri,
-            state=state,
-            pkce=pkce,
-            scope=settings.settings.get("scope"),
-            extra=settings.settings.get("authorize_params"),
-        )
-        click.echo(f"Open this URL to authorize tokenward:\n{url}", err=True)
-        if browser:
-            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
-        click.echo(
-            f"Waiting up to {timeout:.0f}s for the provider's redirect to {redirect_uri} "
-            "(Ctrl-C cancels).",
-            err=True,
-        )
-
-    query = _wait_for_callback(port, announce, timeout)
-    code = parse_callback(query, state)
-    response = _http(client.code_request(code, redirect["uri"], pkce))
-    return parse_token_response(response, settings.name)
-
-
-def _login_device(settings: CredentialConfig, timeout: float) -> Token:
-    client = settings.oauth_client()
-    if not client.device_authorization_url:
-        raise ConfigError(f"{settings.where}: device_authorization_url is required for --device")
-    device = parse_device_authorization(
-        _http(client.device_request(settings.settings.get("scope"))), settings.name
-    )
+def _show_device(device: DeviceAuthorization) -> None:
     where = device.verification_uri_complete or device.verification_uri
     click.echo(f"Go to {where} and enter the code:\n{device.user_code}", err=True)
-    interval = device.interval
-    deadline = time.monotonic() + min(timeout, device.expires_in)
-    while time.monotonic() < deadline:
-        time.sleep(max(interval, 0.1))
-        answer = parse_device_poll(_http(client.device_poll_request(device)), settings.name)
-        if isinstance(answer, Token):
-            return answer
-        if answer == "slow_down":
-            interval += 5
-    raise AuthorizationDenied("the device code was not approved in time; run the login again")
 
 
 @cli.command()
@@ -835,14 +726,23 @@ def login(
     """
     if _login_mcp(name, as_name, device, not no_browser, port, scope, timeout, config_path):
         return
-    config = _load(config_path)
-    settings = config.credential_config(name)
-    if device:
-        fresh = _login_device(settings, timeout)
-    else:
-        chosen = port if port is not None else int(settings.settings.get("redirect_port", 0))
-        fresh = _login_code(settings, chosen, not no_browser, timeout)
-    _seed(settings, config, fresh)
+    from .login import login as log_in
+
+    record = log_in(
+        name,
+        _load(config_path),
+        device=device,
+        port=port,
+        browser=not no_browser,
+        timeout=timeout,
+        on_url=lambda url, redirect_uri: _show_url(url, redirect_uri, timeout),
+        on_device=_show_device,
+    )
+    refresh = "with" if record.refresh_token else "WITHOUT"
+    click.echo(
+        f"logged in {name}: token {fingerprint(record.access_token)} "
+        f"(version {record.version}), {refresh} a refresh token"
+    )
 
 
 def _login_mcp(

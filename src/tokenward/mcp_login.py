@@ -5,24 +5,21 @@ it and `McpOAuth` / `tokenward.credential(NAME)` refresh it.
 The login is the `mcp` SDK's own flow, run by `McpOAuth.login()`: protected-resource metadata
 (RFC 9728), authorization-server metadata (RFC 8414), dynamic client registration (RFC 7591)
 and the PKCE authorization-code flow. This module only does the person's side: a loopback
-listener for the redirect (bound first, because its address is registered with the client),
-the browser, and what to print. A re-login reuses the stored registration and its redirect
-port. The device flow (RFC 8628) is refused with a clear error: the SDK has no device flow and
-MCP authorization servers advertise none.
+listener for the redirect (`tokenward.login.CallbackListener`, bound first because its address
+is registered with the client), the browser, and what to print. A re-login reuses the stored
+registration and its redirect port. The device flow (RFC 8628) is refused with a clear error:
+the SDK has no device flow and MCP authorization servers advertise none.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-import webbrowser
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from .config import Config
 from .errors import TokenwardError
+from .login import CallbackListener, open_browser
 from .sources.authorization import AuthorizationDenied
 from .stores.base import Record, Store
 from .token import fingerprint
@@ -50,40 +47,6 @@ def mcp_target(argument: str, name: str | None, config: Config | None) -> tuple[
     if settings is not None and settings.grant == "mcp":
         return argument, settings.require("mcp_server", "log in")
     return None
-
-
-class _Callback(BaseHTTPRequestHandler):
-    """Receives the one redirect of the login (the query holds the code: never logged)."""
-
-    server: _CallbackServer
-
-    def do_GET(self) -> None:
-        parts = urlsplit(self.path)
-        if parts.path != "/callback":
-            self.send_error(404)
-            return
-        self.server.result = dict(parse_qsl(parts.query))
-        body = b"<html><body>tokenward: login complete, you can close this tab.</body></html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        self.server.done.set()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
-class _CallbackServer(HTTPServer):
-    def __init__(self, port: int) -> None:
-        super().__init__(("127.0.0.1", port), _Callback)
-        self.result: dict[str, str] | None = None
-        self.done = threading.Event()
-
-    @property
-    def redirect_uri(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/callback"
 
 
 def _stored_port(record: Record | None) -> int:
@@ -115,26 +78,19 @@ def login(
 
     from .integrations.mcp import McpOAuth, default_client_metadata
 
-    listener = _CallbackServer(port if port is not None else _stored_port(store.load(name)))
-    thread = threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.daemon = True
-    thread.start()
+    listener = CallbackListener(port if port is not None else _stored_port(store.load(name)))
 
     async def redirect_handler(url: str) -> None:
         say(f"Open this URL to authorize tokenward:\n{url}")
         if browser:
-            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+            open_browser(url)
         say(
             f"Waiting up to {timeout:.0f}s for the redirect to {listener.redirect_uri} "
             "(Ctrl-C cancels)."
         )
 
     async def callback_handler() -> AuthorizationCodeResult:
-        if not await asyncio.to_thread(listener.done.wait, timeout):
-            raise AuthorizationDenied(
-                f"no login callback within {timeout:.0f}s; run `tokenward login` again"
-            )
-        query = listener.result or {}
+        query = await listener.await_callback(timeout)
         if query.get("error"):
             detail = query.get("error_description")
             raise AuthorizationDenied(
@@ -172,8 +128,7 @@ def login(
         what = str(exc).split(": ", 1)[0][:200]
         raise AuthorizationDenied(f"the MCP login failed: {type(exc).__name__}: {what}") from None
     finally:
-        listener.shutdown()
-        listener.server_close()
+        listener.close()
 
 
 def summary(name: str, record: Record) -> str:
