@@ -17,14 +17,11 @@ expiry. What is per replica: sessions (see `broker.sessions`), rate buckets, met
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import logging
 import os
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any
 
@@ -32,27 +29,21 @@ import httpx2
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..config import Config, CredentialConfig
+from ..config import Config
 from ..errors import TokenwardError
-from ..flow import mint_flow, run_async
-from ..manager import TokenManager
-from ..retry import RetryPolicy
-from ..sessions import Sessions
-from ..stores.base import Store
-from ..token import Token, fingerprint
+from ..token import fingerprint
 from . import errors, session_routes
-from .accesslog import QueryStringFilter
-from .auth import BrokerError, ClientRegistry
-from .config import BrokerConfig, ClientEntry, Limits, load_broker
-from .errors import ErrorOut, credential_error, described
+from .auth import BrokerError
+from .config import BrokerConfig, ClientEntry, load_broker
+from .cors import Cors
+from .errors import ErrorOut, credential_error
 from .guard import PROXY_PREFIX, Guard, client_of, is_public
-from .metrics import BrokerMetrics, EventCounter
+from .models import ERRORS, PROXIED, UPSTREAM_ERRORS, CredentialOut, RefreshOut, TokenOut
 from .openapi import exact_openapi
 from .paths import UnsafePath, join_upstream, upstream_path
 from .proxy import (
+    PROXY_METHODS,
     BodyTooLarge,
     limited,
     method_override,
@@ -61,12 +52,11 @@ from .proxy import (
     response_headers,
     send_with_replay,
 )
-from .sessions import SessionRegistry, StopOutcome
+from .runtime import BrokerCredential
+from .state import Broker, audit_logger
 
-__all__ = ["create_app"]
+__all__ = ["PROXY_METHODS", "Broker", "create_app"]
 
-audit_logger = logging.getLogger("tokenward.audit")
-PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _PROXY_ROUTE = PROXY_PREFIX + "{credential}/{path:path}"
 #: What a proxied query must not hold: control characters, spaces, DEL, `#`, backslashes.
 _UNSAFE_QUERY = re.compile(r"[\x00-\x20\x7f#\\]")
@@ -77,357 +67,6 @@ _EXAMPLE_FILES = {
     "session.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
-#: How many minted-token fingerprints a credential remembers to refuse a repeated token.
-_REMEMBER_MINTED = 100_000
-
-
-def _audit_emitted() -> bool:
-    """Whether some handler could write an INFO line of `tokenward.audit` (the same walk as
-    `Logger.callHandlers`). The metrics handler is left out: it counts refresh events only,
-    never an audit line. When nothing would write it, the line is not built at all."""
-    if audit_logger.disabled or not audit_logger.isEnabledFor(logging.INFO):
-        return False
-    if audit_logger.filters:  # a filter sees every record: let it
-        return True
-    found = False
-    logger: logging.Logger | None = audit_logger
-    while logger is not None:
-        for handler in logger.handlers:
-            found = True
-            if handler.level <= logging.INFO and not isinstance(handler, EventCounter):
-                return True
-        logger = logger.parent if logger.propagate else None
-    last = logging.lastResort  # None: let logging say that no handler was found
-    return not found and (last is None or last.level <= logging.INFO)
-
-
-# -- API models (the OpenAPI document) -------------------------------------------------------------
-class TokenOut(BaseModel):
-    token: str
-    token_type: str
-    expires_at: float | None
-    fingerprint: str
-
-
-class CredentialOut(BaseModel):
-    name: str
-    grant: str
-    session_scoped: bool
-    state: str
-    version: int
-    fingerprint: str
-    expires_at: float | None
-    expires_in: float | None
-    refresh_count: int
-    has_refresh_token: bool
-    last_error: str | None
-
-
-class RefreshOut(BaseModel):
-    name: str
-    fingerprint: str
-    version: int
-    expires_at: float | None
-
-
-#: What every authenticated route can answer besides its success (the guard's and the error
-#: handlers' statuses included).
-_ERRORS = described(400, 401, 403, 404, 413, 422, 429, 500, 503)
-#: Also 502: the upstream failed (opening a session, a keepalive, a minted token).
-_UPSTREAM_ERRORS = described(400, 401, 403, 404, 413, 422, 429, 500, 502, 503)
-#: The proxy answers with the upstream's own status, headers and body, whatever they are; its
-#: own errors are JSON `ErrorOut`s.
-_PROXIED: dict[int | str, dict[str, Any]] = {
-    "default": {
-        "description": "The upstream's answer as it is (any status, headers and body), or the "
-        "broker's own error, an ErrorOut (JSON): 400 (unsafe path, ambiguous framing, method "
-        "override), 401, 403, 404, 413, 429, 500, 502 (upstream unreachable or failed), 503 "
-        "(no token), 504 (upstream timeout).",
-        "content": {"*/*": {}},
-    }
-}
-
-
-# -- credentials at run time -----------------------------------------------------------------------
-@dataclass
-class _Credential:
-    """A configured credential, its manager (built on first use: secrets are resolved then,
-    so one missing secret does not take the other credentials down) and, for session-scoped
-    ones, its `Sessions`."""
-
-    config: CredentialConfig
-    store: Store
-    _manager: TokenManager | None = None
-    _sessions: Sessions | None = None
-    _issued: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
-    _origin: tuple[str, str, int | None] | None = None
-    _base_url: tuple[str | None] | None = None
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def base_url(self) -> str | None:
-        """`base_url` from the settings (read once: the proxy asks on every request)."""
-        if self._base_url is None:
-            value = self.config.settings.get("base_url")
-            self._base_url = (str(value) if value else None,)
-        return self._base_url[0]
-
-    @property
-    def origin(self) -> tuple[str, str, int | None]:
-        """(scheme, host, port) of `base_url`, parsed once (the proxy checks every upstream
-        URL against it)."""
-        if self._origin is None:
-            base = httpx2.URL(self.base_url or "")
-            self._origin = (base.scheme, base.host, base.port)
-        return self._origin
-
-    @property
-    def api_key(self) -> bool:
-        """Whether the secret is an API key in the configuration (not a login's token)."""
-        return self.config.grant == "api_key"
-
-    @property
-    def mints(self) -> bool:
-        """Session-scoped and API-key-exchange tokens are minted per call, never cached."""
-        return bool(self.config.settings.get("session_scoped")) or self.config.grant == "api_key"
-
-    @property
-    def manager(self) -> TokenManager:
-        if self._manager is None:
-            self._manager = self.config.manager(self.store)
-        return self._manager
-
-    @property
-    def sessions(self) -> Sessions:
-        if self._sessions is None:
-            if not self.config.session_scoped:
-                raise BrokerError(
-                    400, "not_session_scoped", f"credential {self.name!r} has no sessions"
-                )
-            hooks = self.config.session_hooks(keep_alive_interval=None)  # clients drive it
-            self._sessions = self.config.sessions(hooks=hooks)
-        return self._sessions
-
-    @property
-    def lifetime_basis(self) -> str:
-        """Where a minted token's `expires_at` comes from: the provider's answer, the
-        preset's (documented or assumed) lifetime, or nowhere."""
-        settings = self.config.settings
-        if settings.get("expires_in_path") or settings.get("expires_at_path"):
-            return "provider"
-        return "preset" if settings.get("default_lifetime") else "unknown"
-
-    async def mint(self, client: httpx2.AsyncClient) -> Token:
-        """A brand-new token (never cached, never stored, never handed out twice)."""
-        token = await run_async(
-            mint_flow(self.manager.source, self.name, RetryPolicy()), None, client
-        )
-        if token.fingerprint in self._issued:
-            raise BrokerError(502, "token_reused", f"{self.name}: the provider repeated a token")
-        self._issued[token.fingerprint] = None
-        while len(self._issued) > _REMEMBER_MINTED:  # bounded: fingerprints of recent tokens
-            self._issued.popitem(last=False)
-        return token
-
-    async def aclose(self) -> None:
-        """Let a refresh in flight reach the store (its answer may carry the only valid
-        refresh token), then release the manager's and the sessions' HTTP clients."""
-        if self._manager is not None:
-            await self._manager.aclose()
-        if self._sessions is not None:
-            await self._sessions.aclose()
-
-
-class Broker:
-    """Everything the routes share (kept on `app.state.broker`)."""
-
-    def __init__(self, config: Config, settings: BrokerConfig) -> None:
-        self.config = config
-        self.settings = settings
-        self.limits: Limits = settings.limits
-        self.clients = ClientRegistry(settings.clients)
-        self.credentials = {
-            name: _Credential(cc, config.store_for(cc)) for name, cc in config.credentials.items()
-        }
-        self.metrics = BrokerMetrics(lambda: {n: (n, c.store) for n, c in self.credentials.items()})
-        self.sessions = SessionRegistry(self.limits.session_idle_timeout, self._stop_failed)
-        self.http: httpx2.AsyncClient | None = None
-        #: The per-request timeout extension of proxied requests (built once).
-        self.upstream_timeout = httpx2.Timeout(self.limits.upstream_timeout).as_dict()
-        self._reaper: asyncio.Task[None] | None = None
-        self.access_log = QueryStringFilter()
-
-    # -- lifecycle ------------------------------------------------------------------------------
-    async def start(self) -> None:
-        # No redirects: a 30x to another host must reach the client, not be followed with a
-        # token attached.
-        self.http = httpx2.AsyncClient(
-            timeout=httpx2.Timeout(self.limits.upstream_timeout), follow_redirects=False
-        )
-
-        self.metrics.attach()
-        self.access_log.attach()
-        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
-
-    async def stop(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-        for outcome in await self.sessions.close_all():  # a broker shutdown stops its sessions
-            self._ended(outcome, "session.close")
-        if self.http is not None:
-            await self.http.aclose()
-        # Every credential drains its refresh in flight before the stores close below.
-        await asyncio.gather(*(credential.aclose() for credential in self.credentials.values()))
-        self.metrics.detach()
-        self.access_log.detach()
-        self.config.close()
-
-    async def _reap_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.limits.reap_interval)
-            try:
-                for outcome in await self.sessions.reap():
-                    self._ended(outcome, "session.reap")
-            except Exception as exc:  # the reaper must survive one bad session
-                audit_logger.warning("session.reap failed: %s", type(exc).__name__)
-
-    def _ended(self, outcome: StopOutcome, action: str) -> None:
-        """The audit line of a session ended by the reaper or at shutdown: 204 only when the
-        provider confirmed the stop, 502 with the reason otherwise."""
-        found = outcome.session
-        status = 204 if outcome.result == "stopped" else 502
-        error = None if status == 204 else f"stop_{outcome.result}"
-        self.audit(
-            found.client,
-            found.credential,
-            action,
-            status,
-            found.fingerprint,
-            session=found.id,
-            reason=found.ending,
-            error=error,
-        )
-
-    def _stop_failed(self, outcome: StopOutcome) -> None:
-        self.metrics.session_event(outcome.session.credential, f"stop_{outcome.result}").inc()
-
-    # -- helpers --------------------------------------------------------------------------------
-    def credential(self, client: ClientEntry, name: str) -> _Credential:
-        found = self.credentials.get(name)
-        if not client.policy.allows_credential(name):
-            raise BrokerError(
-                403, "forbidden", f"client {client.name!r} may not use credential {name!r}"
-            )
-        if found is None:
-            raise BrokerError(404, "not_found", f"no credential {name!r}")
-        return found
-
-    def failed(
-        self, client: str, cred: _Credential, action: str, exc: TokenwardError
-    ) -> BrokerError:
-        """The answer for a credential that could not produce a token (audited)."""
-        error = credential_error(cred.name, exc, api_key=cred.api_key)
-        self.audit(client, cred.name, action, error.status, error=error.error)
-        return error
-
-    def refused(self, status: int, error: str, path: str, source: str) -> None:
-        """Audit a request the guard refused before any route saw it."""
-        self.audit(None, None, "auth", status, path=path, error=error, source=source)
-
-    def audit(
-        self,
-        client: str | None,
-        credential: str | None,
-        action: str,
-        status: int,
-        token: Token | str | None = None,
-        **fields: Any,
-    ) -> None:
-        """One line per action on `tokenward.audit`; a token only by its fingerprint."""
-        self.metrics.request(action, status).inc()
-        if not _audit_emitted():  # no handler would write the line: do not build it
-            return
-        shown = token.fingerprint if isinstance(token, Token) else token
-        extra: dict[str, Any] = {"client": client, "credential": credential, "action": action}
-        extra.update(status=status, token_fingerprint=shown or "-", **fields)
-        text = " ".join(f"{k}={v}" for k, v in extra.items() if v is not None)
-        audit_logger.info("%s", text, extra={"audit": extra})
-
-
-# -- CORS ------------------------------------------------------------------------------------------
-class _Cors:
-    """Answers preflights and labels answers for allowed origins (plain ASGI middleware).
-
-    A preflight carries no client key, so it is allowed when *some* client lists the origin;
-    the real request is then checked against its own client's `cors_origins` (403 otherwise).
-    """
-
-    def __init__(self, app: ASGIApp, clients: ClientRegistry) -> None:
-        self.app = app
-        self.clients = clients
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        origin: str | None = None
-        for key, value in scope["headers"]:  # the last Origin counts, as in a dict of them
-            if key.lower() == b"origin":
-                origin = value.decode("latin-1")
-        allowed = origin is not None and origin in self.clients.origins()
-        if scope["method"] == "OPTIONS" and origin:
-            headers = {
-                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
-            }
-            if "access-control-request-method" in headers:
-                await self._preflight(origin, allowed, headers, scope, receive, send)
-                return
-        if not allowed:
-            await self.app(scope, receive, send)
-            return
-
-        async def labelled(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                extra = [
-                    (b"access-control-allow-origin", origin.encode("latin-1")),  # type: ignore[union-attr]
-                    (b"vary", b"Origin"),
-                    (b"access-control-expose-headers", b"Retry-After, Content-Length"),
-                ]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
-        await self.app(scope, receive, labelled)
-
-    async def _preflight(
-        self,
-        origin: str,
-        allowed: bool,
-        headers: dict[str, str],
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        if not allowed:
-            body = {"error": "cors_forbidden", "reason": "origin not allowed by any client"}
-            response: Response = JSONResponse(body, 403)
-        else:
-            requested = headers.get("access-control-request-headers", "authorization, content-type")
-            response = Response(
-                status_code=204,
-                headers={
-                    "Access-Control-Allow-Origin": origin,
-                    "Access-Control-Allow-Methods": ", ".join(PROXY_METHODS),
-                    "Access-Control-Allow-Headers": requested,
-                    "Access-Control-Max-Age": "600",
-                    "Vary": "Origin",
-                },
-            )
-        await response(scope, receive, send)
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -484,7 +123,7 @@ def create_app(
         audit=state.refused,
         on_auth_failure=state.metrics.auth_failure,
     )
-    app.add_middleware(_Cors, clients=state.clients)
+    app.add_middleware(Cors, clients=state.clients)
     return app
 
 
@@ -533,7 +172,7 @@ def _routes(app: FastAPI, state: Broker) -> None:
         body = await asyncio.to_thread(state.metrics.render)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/credentials", tags=["credentials"], responses=_ERRORS)
+    @app.get("/v1/credentials", tags=["credentials"], responses=ERRORS)
     async def list_credentials(client: Client) -> list[CredentialOut]:
         """State, expiry and refresh counts of the credentials the client may use."""
         out = []
@@ -561,7 +200,7 @@ def _routes(app: FastAPI, state: Broker) -> None:
         state.audit(client.name, None, "credentials.list", 200, count=len(out))
         return out
 
-    @app.post("/v1/credentials/{name}/refresh", tags=["credentials"], responses=_ERRORS)
+    @app.post("/v1/credentials/{name}/refresh", tags=["credentials"], responses=ERRORS)
     async def refresh(name: str, client: Client) -> RefreshOut:
         """Refresh now (one refresh across replicas however many ask). Needs `admin`."""
         cred = state.credential(client, name)
@@ -589,7 +228,7 @@ def _routes(app: FastAPI, state: Broker) -> None:
     @app.post(
         "/v1/credentials/{name}/token",
         tags=["credentials"],
-        responses=_UPSTREAM_ERRORS,
+        responses=UPSTREAM_ERRORS,
         response_model=TokenOut,
     )
     async def vend(name: str, client: Client) -> JSONResponse:
@@ -661,7 +300,7 @@ def _routes(app: FastAPI, state: Broker) -> None:
             operation_id=f"proxy_{method.lower()}",
             tags=["proxy"],
             response_class=Response,
-            responses=_PROXIED,
+            responses=PROXIED,
             openapi_extra={"security": [{_bearer.scheme_name: []}]},
         )
     session_routes.install(app, state, _client, PROXY_METHODS)
@@ -670,7 +309,7 @@ def _routes(app: FastAPI, state: Broker) -> None:
     app.router.routes.sort(key=lambda route: getattr(route, "path", None) != _PROXY_ROUTE)
 
 
-def _target(request: Request, cred: _Credential) -> tuple[httpx2.URL, str]:
+def _target(request: Request, cred: BrokerCredential) -> tuple[httpx2.URL, str]:
     """The upstream URL (base_url + normalized path + query) and the path for policies."""
     base_url = cred.base_url
     if not base_url:
@@ -706,7 +345,7 @@ def _target(request: Request, cred: _Credential) -> tuple[httpx2.URL, str]:
 
 
 async def _forward(
-    state: Broker, cred: _Credential, request: Request, url: httpx2.URL, client: str, path: str
+    state: Broker, cred: BrokerCredential, request: Request, url: httpx2.URL, client: str, path: str
 ) -> Response:
     limits = state.limits
     assert state.http is not None

@@ -22,6 +22,7 @@ from ..rules import ExpiryRule
 from ..token import Token
 
 __all__ = [
+    "PROXY_METHODS",
     "BodyTooLarge",
     "ProxyResult",
     "method_override",
@@ -30,6 +31,9 @@ __all__ = [
     "send_with_replay",
 ]
 
+#: The methods the proxies relay (the credential proxy and the session-bound one; CORS
+#: preflights allow the same).
+PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: RFC 9110 section 7.6.1 hop-by-hop headers, plus what the broker must never pass on.
 HOP_BY_HOP = frozenset(
     {

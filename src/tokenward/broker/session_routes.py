@@ -23,67 +23,29 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import httpx2
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
 
 from ..errors import TokenwardError
 from ..sessions import AsyncSession, SessionCalls, SessionExpired
 from .auth import BrokerError
 from .config import ClientEntry
-from .errors import described
 from .guard import client_of
+from .models import SESSION_ERRORS, SESSION_PROXIED, KeepaliveOut, SessionIn, SessionOut
 from .paths import UnsafePath, join_upstream, upstream_path
 from .proxy import BodyTooLarge, read_limited, request_headers, response_headers
 from .sessions import BrokerSession, StopOutcome
 
 if TYPE_CHECKING:
-    from .app import Broker
+    from .state import Broker
 
 __all__ = ["SESSION_PROXY_PREFIX", "install"]
 
 SESSION_PROXY_PREFIX = "/v1/sessions/"
 _PROXY_ROUTE = "/v1/sessions/{session_id}/proxy/{path:path}"
-
-
-class SessionIn(BaseModel):
-    credential: str
-
-
-class SessionOut(BaseModel):
-    session_id: str
-    token: str
-    #: When the token expires: from the provider's answer, else the preset's lifetime.
-    expires_at: float | None
-    #: "provider" (the answer said), "preset" (documented or assumed lifetime), or "unknown".
-    expires_at_basis: str
-    #: When the provider ends the session whatever happens (its duration limit), if known.
-    session_ends_at: float | None = None
-    fingerprint: str
-    upstream_session_id: str | None = None
-    upstream: dict[str, Any] = {}
-    #: The session-bound proxy: POST {proxy}/v1/streaming.task sends a task in this session.
-    proxy: str
-
-
-class KeepaliveOut(BaseModel):
-    session_id: str
-    idle_timeout: float
-
-
-_ERRORS = described(400, 401, 403, 404, 410, 413, 422, 429, 500, 502, 503)
-_PROXIED: dict[int | str, dict[str, Any]] = {
-    "default": {
-        "description": "The upstream's answer as it is, or the broker's own error, an ErrorOut "
-        "(JSON): 400 (unsafe path, session_mismatch), 401, 403, 404 (not this client's "
-        "session), 410 (session_expired: start a new session; session_ended), 413, 429, 500, "
-        "502 (upstream unreachable, or the stop call failed), 504 (upstream timeout).",
-        "content": {"*/*": {}},
-    }
-}
 
 
 def install(
@@ -98,7 +60,9 @@ def install(
     limits = state.limits
     Client = Annotated[ClientEntry, Depends(client_dependency)]
 
-    @router.post("/v1/sessions", responses=_ERRORS, status_code=201, response_model=SessionOut)
+    @router.post(
+        "/v1/sessions", responses=SESSION_ERRORS, status_code=201, response_model=SessionOut
+    )
     async def open_session(payload: SessionIn, client: Client) -> JSONResponse:
         """A fresh session token (and the upstream session, where the preset defines one)."""
         cred = state.credential(client, payload.credential)
@@ -134,7 +98,7 @@ def install(
         )
         return JSONResponse(body.model_dump(), 201, headers={"Cache-Control": "no-store"})
 
-    @router.post("/v1/sessions/{session_id}/keepalive", responses=_ERRORS)
+    @router.post("/v1/sessions/{session_id}/keepalive", responses=SESSION_ERRORS)
     async def keepalive(session_id: str, client: Client) -> KeepaliveOut:
         """Keep the session (and its upstream session) from being reaped as idle."""
         found = state.sessions.usable(session_id, client)
@@ -162,7 +126,7 @@ def install(
         )
         return KeepaliveOut(session_id=session_id, idle_timeout=limits.session_idle_timeout)
 
-    @router.delete("/v1/sessions/{session_id}", responses=_ERRORS, status_code=204)
+    @router.delete("/v1/sessions/{session_id}", responses=SESSION_ERRORS, status_code=204)
     async def close_session(session_id: str, client: Client) -> Response:
         """Stop the upstream session and forget its token: 204 once the provider confirmed
         the stop; 502 `stop_pending` (retried by the broker) or `stop_failed` otherwise."""
@@ -270,7 +234,7 @@ def install(
             methods=[method],
             operation_id=f"session_proxy_{method.lower()}",
             response_class=Response,
-            responses=_PROXIED,
+            responses=SESSION_PROXIED,
             openapi_extra={"security": [{"HTTPBearer": []}]},
         )
     app.include_router(router)
