@@ -47,6 +47,8 @@ POSTGRES_URL = os.environ.get(
 LIFETIME = 3600  # the provider's answers: refreshed credentials are not due again in the run
 SEED_BATCH = 10_000
 KINDS = ("redis", "postgres", "sqlite")
+#: The floor, `AsyncRefresher` (what `tokenward refresher` runs) and the thread-based `Refresher`.
+IMPLS = ("floor", "tokenward", "tokenward-threads")
 
 
 # -- the store under test ------------------------------------------------------------------------
@@ -222,7 +224,46 @@ def worker(impl: str, url: str, token_url: str, count: int) -> dict[str, Any]:
     """Run `impl` until `count` refreshes are stored; CPU and RSS of this process."""
     if impl == "floor":
         return asyncio.run(_floor(url, token_url, count))
-    return _tokenward(url, token_url, count)
+    if impl == "tokenward-threads":
+        return _tokenward(url, token_url, count)
+    return asyncio.run(_tokenward_async(url, token_url, count))
+
+
+async def _tokenward_async(url: str, token_url: str, count: int) -> dict[str, Any]:
+    """`AsyncRefresher`, the refresher `tokenward refresher` runs."""
+    from tokenward import RefreshTokenGrant
+    from tokenward.refresher_async import AsyncRefresher
+    from tokenward.stores import open_store
+
+    store = open_store(url)
+    source = RefreshTokenGrant(token_url, "bench-app", "bench-secret")
+    refresher = AsyncRefresher(store, lambda key: source, poll_interval=0.05)
+
+    async def watch() -> None:
+        while True:
+            stats = refresher.stats.snapshot()
+            if stats["refreshed"] + stats["failed"] + stats["needs_reauth"] >= count:
+                refresher.stop()
+                return
+            await asyncio.sleep(0.02)
+
+    rss = rss_mb()
+    cpu, wall = time.process_time(), time.monotonic()
+    watcher = asyncio.create_task(watch())
+    await refresher.run()
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    watcher.cancel()
+    stats = refresher.stats.snapshot()
+    grown = rss_mb() - rss
+    await store.aclose()
+    failed = stats["failed"] + stats["needs_reauth"]
+    return {
+        "refreshed": stats["refreshed"],
+        "failed": failed,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "rss_growth_mb": grown,
+    }
 
 
 async def _floor(url: str, token_url: str, count: int) -> dict[str, Any]:
@@ -245,6 +286,7 @@ async def _floor(url: str, token_url: str, count: int) -> dict[str, Any]:
 
 
 def _tokenward(url: str, token_url: str, count: int) -> dict[str, Any]:
+    """The thread-based `Refresher` (8 worker threads, a `TokenManager` per credential)."""
     from tokenward import RefreshTokenGrant
     from tokenward.refresher import Refresher
     from tokenward.stores import open_store
@@ -328,7 +370,7 @@ def side_by_side(
     with provider() as base:
         for kind in kinds:
             row: dict[str, Any] = {}
-            for impl in ("floor", "tokenward"):
+            for impl in IMPLS:
                 url = store_url(kind, uuid.uuid4().hex[:10], tmp)
                 seed(url, refreshes, refreshes)
                 before = counters(base)

@@ -2,8 +2,8 @@
 '<json config>'`. Each command prints `ready` when set up, waits for a line on stdin (`go` or a
 start time), does its work and prints one JSON line with its results (fingerprints only).
 
-Commands: `storm` (asyncio tasks meet one expired token), `refresher` (a Refresher process for a
-while), `slow-refresh` (forces one refresh; the parent SIGKILLs it mid-request). Also imported
+Commands: `storm` (asyncio tasks meet one expired token), `refresher` (a refresher process for
+a while), `slow-refresh` (forces one refresh; the parent SIGKILLs it mid-request). Also imported
 by test_scale.py and bench/scale.py: seeding many credentials and reading the provider's log.
 """
 
@@ -23,6 +23,7 @@ import httpx2
 
 from tokenward.manager import TokenManager
 from tokenward.refresher import Refresher
+from tokenward.refresher_async import AsyncRefresher
 from tokenward.sources.oauth2 import RefreshTokenGrant
 from tokenward.stores.base import Record, Store
 from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET, fingerprint
@@ -92,17 +93,21 @@ def storm(cfg: dict[str, Any]) -> dict[str, Any]:
 def refresher(cfg: dict[str, Any]) -> dict[str, Any]:
     """A refresher process: claims and refreshes from the start time until the parent writes
     `stop` (the parent decides from the provider's log, not from a clock), or `duration` seconds
-    at the most."""
+    at the most. `AsyncRefresher` (what `tokenward refresher` runs), or the thread-based
+    `Refresher` with `"impl": "threads"`."""
     store = open_store(cfg)
     grant = source(cfg)
-    worker = Refresher(
-        store,
-        lambda _key: grant,
-        concurrency=cfg.get("concurrency", 16),
-        claim_ttl=cfg.get("claim_ttl", 10.0),
-        poll_interval=cfg.get("poll_interval", 0.05),
-        lease_ttl=cfg.get("lease_ttl", 5.0),
-    )
+    options: dict[str, Any] = {
+        "concurrency": cfg.get("concurrency", 16),
+        "claim_ttl": cfg.get("claim_ttl", 10.0),
+        "poll_interval": cfg.get("poll_interval", 0.05),
+        "lease_ttl": cfg.get("lease_ttl", 5.0),
+    }
+    worker: Refresher | AsyncRefresher
+    if cfg.get("impl") == "threads":
+        worker = Refresher(store, lambda _key: grant, **options)
+    else:
+        worker = AsyncRefresher(store, lambda _key: grant, **options)
     at = float(_ready())
 
     def stop_on_request() -> None:
@@ -112,9 +117,13 @@ def refresher(cfg: dict[str, Any]) -> dict[str, Any]:
     threading.Thread(target=stop_on_request, daemon=True).start()
     time.sleep(max(0.0, at - time.time()))
     try:
-        worker.run(duration=cfg["duration"])
+        if isinstance(worker, AsyncRefresher):
+            asyncio.run(worker.run(duration=cfg["duration"]))
+        else:
+            worker.run(duration=cfg["duration"])
     finally:
-        worker.close()
+        if isinstance(worker, Refresher):
+            worker.close()
         store.close()
     return {"pid": os.getpid(), "stats": worker.stats.snapshot()}
 

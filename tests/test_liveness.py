@@ -372,9 +372,9 @@ def test_broker_metrics_count_silent_waits_and_takeovers() -> None:
 def test_in_flight_record_never_outlives_its_use(
     tokenward_emulator: EmulatorServer, tmp_path: Path, rotation: bool
 ) -> None:
-    """After a refresh, no in-flight record names the refresh token the store holds: a provider
-    that keeps its refresh token gets the record cleared (else the next refresh by another
-    process would wait for its deadline); a rotated one names a spent token (nobody waits)."""
+    """After a refresh, no in-flight record names the refresh token the store holds (else the
+    next refresh by another process would wait for its deadline): the write that stores the
+    answer (`Finish`) clears it in the same round trip, whether the token rotated or not."""
     from tokenward.manager import TokenManager
     from tokenward.sources.oauth2 import RefreshTokenGrant
     from tokenward.stores.sqlite import SQLiteStore
@@ -392,6 +392,6 @@ def test_in_flight_record_never_outlives_its_use(
             assert record is not None and record.refresh_token is not None
             flight = store.in_flight(KEY)
             assert flight is None or flight.fingerprint != fingerprint(record.refresh_token)
-            assert (flight is None) is (not rotation)
+            assert flight is None
     assert emu.counters["refreshes"] == 3 and emu.counters["invalid_grant"] == 0
     store.close()

@@ -38,7 +38,7 @@ from .errors import (
 from .retry import RetryPolicy
 from .sources.base import HttpSource, Source
 from .sources.function import Called, FunctionSource, atimed, timed
-from .stores.base import Claim, Record, Store
+from .stores.base import Begun, Claim, InFlightMark, Record, Store
 from .stores.encrypted import PREFIX as ENCRYPTED_PREFIX
 from .token import Token, fingerprint
 from .transport import HttpRequest, send, send_async
@@ -138,6 +138,28 @@ class ClearInFlight:
 
 
 @dataclass(frozen=True, slots=True)
+class Begin:
+    """Take the lease, read the record and its in-flight record, and (`mark`) mark the refresh
+    token in flight: one store round trip (`Store.begin_refresh`). The driver answers with a
+    `Begun`."""
+
+    key: str
+    owner: str
+    ttl: float
+    mark: InFlightMark | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Compare-and-set `record`; when it wins, also clear our in-flight record and release our
+    lease (`Store.finish_refresh`). The driver answers True or False."""
+
+    record: Record
+    expected_version: int
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
 class Notify:
     """An event for the driver to emit (`tokenward.events`)."""
 
@@ -159,6 +181,8 @@ Op = (
     | TakeOver
     | MarkInFlight
     | ClearInFlight
+    | Begin
+    | Finish
     | Notify
 )
 Flow = Generator[Op, Any, Token]
@@ -183,43 +207,65 @@ class FlowContext:
 
 
 # -- the protocol -------------------------------------------------------------------------------
-def refresh_flow(ctx: FlowContext, seen: Token | None, force: bool = False) -> Flow:
+def refresh_flow(
+    ctx: FlowContext, seen: Token | None, force: bool = False, known: Record | None = None
+) -> Flow:
     """Obtain a token newer than `seen` (the caller's current token, or None).
 
     `force` (after the provider rejected `seen`): even a not-yet-expired record of the same
-    version is not good enough.
+    version is not good enough. `known`: the record as the caller just read it (a refresher's
+    claim hands it out), so the protocol does not load it again before taking the lease.
+
+    Store round trips on the common path: `Load` (unless `known`), `Begin` (lease, record,
+    in-flight record and mark), the token request, `Finish` (compare-and-set, clear, release).
     """
     events.emit("token.requested", ctx.key, version=seen.version if seen else None, force=force)
-    rec = yield Load(ctx.key)
+    rec = known if known is not None else (yield Load(ctx.key))
     if (token := _adoptable(ctx, rec, seen)) is not None:
         return token
-    if (token := (yield from _take_lease(ctx, seen))) is not None:
-        return token
+    begun: Begun = yield Begin(ctx.key, ctx.owner, ctx.lease_ttl, _mark_for(ctx, rec))
+    if not begun.acquired:
+        if (token := _adoptable(ctx, begun.record, seen)) is not None:
+            return token
+        if (token := (yield from _take_lease(ctx, seen))) is not None:
+            return token
+        # The lease is ours now: read the record under it (and mark) in the same round trip.
+        begun = yield Begin(ctx.key, ctx.owner, ctx.lease_ttl, _mark_for(ctx, begun.record))
     leased_at = time.monotonic()
-    sent: str | None = None  # the refresh token our in-flight record may name
+    lease = _Held(in_flight=begun.marked)
     try:
-        rec = yield Load(ctx.key)  # reload under the lease: someone may have just refreshed
+        rec = begun.record
         if (token := _adoptable(ctx, rec, seen)) is not None:
             return token
         if ctx.source.needs_record and (rec is None or not rec.refresh_token):
             raise CredentialNotSeeded(ctx.key)
-        waited = yield from _await_in_flight(ctx, rec, seen)
+        waited = rec if begun.marked else (yield from _await_in_flight(ctx, rec, seen))
         if isinstance(waited, Token):
             return waited
-        sent = waited.refresh_token if waited is not None else None
-        token = yield from _refresh(ctx, waited, leased_at)
-        base = waited.version if waited is not None else 0
-        if token.refresh_token != sent and token.version == base + 1:
-            # Rotated by the one refresh we sent: our in-flight record names a refresh token
-            # that no record holds any more, so it holds nobody up; it lapses at its deadline
-            # (one write saved). After a detour (a refusal, a conflict) it is cleared.
-            sent = None
-        return token
+        return (yield from _refresh(ctx, waited, leased_at, lease, begun.marked))
     finally:
-        if sent and _guards_in_flight(ctx):
-            with contextlib.suppress(StoreError):  # else it lapses at its deadline
-                yield ClearInFlight(ctx.key, ctx.owner)
-        yield Release(ctx.key, ctx.owner)
+        if lease.held:
+            if lease.in_flight and _guards_in_flight(ctx):
+                with contextlib.suppress(StoreError):  # else it lapses at its deadline
+                    yield ClearInFlight(ctx.key, ctx.owner)
+            yield Release(ctx.key, ctx.owner)
+
+
+@dataclass(slots=True)
+class _Held:
+    """What the leader still holds in the store: the lease, and maybe an in-flight record.
+    `Finish` gives both back when its compare-and-set wins."""
+
+    held: bool = True
+    in_flight: bool = False
+
+
+def _mark_for(ctx: FlowContext, rec: Record | None) -> InFlightMark | None:
+    """The in-flight mark `Begin` writes with the lease: the record's refresh token, if it is
+    single-use and the record still has that version when the lease is ours."""
+    if not _guards_in_flight(ctx) or rec is None or not rec.refresh_token:
+        return None
+    return InFlightMark(rec.version, fingerprint(rec.refresh_token), ctx.request_deadline)
 
 
 def _adoptable(ctx: FlowContext, rec: Record | None, seen: Token | None) -> Token | None:
@@ -424,13 +470,21 @@ def mint_flow(source: Source, key: str, retry: RetryPolicy) -> Flow:
             yield from _backoff(retry, key, exc, retries, started)
 
 
-def _refresh(ctx: FlowContext, rec: Record | None, leased_at: float | None = None) -> Flow:
+def _refresh(
+    ctx: FlowContext,
+    rec: Record | None,
+    leased_at: float | None = None,
+    held: _Held | None = None,
+    marked: bool = False,
+) -> Flow:
     """Call the source with retries, then persist. Runs under the lease, which is renewed
     before every attempt (a backoff may have outlived it) unless it was taken moments ago
-    (`leased_at`, monotonic): one store round trip less on the common path."""
+    (`leased_at`, monotonic): one store round trip less on the common path. `marked`: `Begin`
+    already marked `rec`'s refresh token in flight (the first attempt need not)."""
     started = time.monotonic()
     retries = 0
     lost = False  # an earlier attempt's answer never arrived
+    held = held or _Held()
     while True:
         fresh_lease = leased_at is not None and started - leased_at < ctx.lease_ttl / 3
         leased_at = None  # later attempts always renew
@@ -440,11 +494,13 @@ def _refresh(ctx: FlowContext, rec: Record | None, leased_at: float | None = Non
             and not (yield Acquire(ctx.key, ctx.owner, ctx.lease_ttl))
         ):
             raise LeaseTimeout(ctx.key, time.monotonic() - started)
-        if _guards_in_flight(ctx) and rec is not None and rec.refresh_token:
+        if _guards_in_flight(ctx) and rec is not None and rec.refresh_token and not marked:
             # Before the refresh token leaves: a process that takes our lease while we are
             # stalled must not present it again (see _await_in_flight).
             spent = fingerprint(rec.refresh_token)
             yield MarkInFlight(ctx.key, ctx.owner, spent, ctx.request_deadline)
+            held.in_flight = True
+        marked = False  # a later attempt marks again (its mark may have lapsed meanwhile)
         try:
             lease = Renew(ctx.key, ctx.owner, ctx.lease_ttl)
             grant = yield from _fetch(ctx.source, ctx.key, rec, lease)
@@ -459,7 +515,7 @@ def _refresh(ctx: FlowContext, rec: Record | None, leased_at: float | None = Non
             yield from _backoff(ctx.retry, ctx.key, exc, retries, started)
             continue
         except ReauthorizationRequired as exc:
-            return (yield from _refused(ctx, rec, exc, lost))
+            return (yield from _refused(ctx, rec, exc, lost, held))
         except MalformedTokenResponse as exc:
             events.emit("refresh.failed", ctx.key, kind="malformed", detail=exc.field)
             raise
@@ -467,7 +523,7 @@ def _refresh(ctx: FlowContext, rec: Record | None, leased_at: float | None = Non
             events.emit("refresh.failed", ctx.key, kind="malformed", detail=rotated.error.field)
             yield from _keep_refresh_token(ctx, rec, rotated)
             raise rotated.error from None
-        return (yield from _commit(ctx, rec, grant, started))
+        return (yield from _commit(ctx, rec, grant, started, held))
 
 
 def _keep_refresh_token(
@@ -488,7 +544,11 @@ def _keep_refresh_token(
 
 
 def _refused(
-    ctx: FlowContext, rec: Record | None, exc: ReauthorizationRequired, lost: bool
+    ctx: FlowContext,
+    rec: Record | None,
+    exc: ReauthorizationRequired,
+    lost: bool,
+    lease: _Held | None = None,
 ) -> Flow:
     """A permanent refusal. Invariant 5: first check whether another process rotated the token
     (then our refresh token was simply stale); otherwise persist `needs_reauth` and raise."""
@@ -504,7 +564,7 @@ def _refused(
         if latest.refresh_token and (rec is None or latest.refresh_token != rec.refresh_token):
             # Re-seeded (a login) or rotated by a process whose lease outlived ours: the refused
             # refresh token was simply stale. Versions only grow, so this recursion ends.
-            return (yield from _refresh(ctx, latest))
+            return (yield from _refresh(ctx, latest, held=lease))
     error = ReauthorizationRequired(
         ctx.key, exc.error, exc.description, answer_lost=lost, advice=exc.advice
     )
@@ -520,10 +580,14 @@ def _kept_extra(source: Source, rec: Record) -> dict[str, Any]:
     return {name: rec.extra[name] for name in source.kept_extra if name in rec.extra}
 
 
-def _commit(ctx: FlowContext, rec: Record | None, grant: Token, started: float) -> Flow:
+def _commit(
+    ctx: FlowContext, rec: Record | None, grant: Token, started: float, lease: _Held
+) -> Flow:
     """Invariant 2: the new record (with any rotated refresh token) is durably stored before
     the token is handed to anyone. A compare-and-set conflict (our lease expired while the
-    provider was slow) must not lose the freshly issued refresh token: write on top."""
+    provider was slow) must not lose the freshly issued refresh token: write on top. The write
+    is a `Finish`: when it wins, the store also clears our in-flight record and releases the
+    lease in the same round trip."""
     base = rec or Record(ctx.key)
     new = base.successor(
         access_token=grant.access_token,
@@ -541,7 +605,8 @@ def _commit(ctx: FlowContext, rec: Record | None, grant: Token, started: float) 
     failures, failed_at = 0, 0.0
     while True:
         try:
-            if (yield Save(new, expected)):
+            if (yield Finish(new, expected, ctx.owner)):
+                lease.held = lease.in_flight = False
                 break
             latest: Record | None = yield Load(ctx.key)
         except StoreError as exc:
@@ -741,6 +806,10 @@ def _execute(op: Op, store: Store | None, client: httpx2.Client) -> Any:
             return _need(store).mark_in_flight(key, owner, spent, ttl)
         case ClearInFlight(key, owner):
             return _need(store).clear_in_flight(key, owner)
+        case Begin(key, owner, ttl, mark):
+            return _need(store).begin_refresh(key, owner, ttl, mark)
+        case Finish(record, expected, owner):
+            return _need(store).finish_refresh(record, expected, owner)
         case Notify(event, key, fields):
             return events.emit(event, key, **fields)
     raise TypeError(f"unknown operation {op!r}")
@@ -782,6 +851,10 @@ async def _aexecute(op: Op, store: Store | None, client: httpx2.AsyncClient) -> 
             return await _need(store).amark_in_flight(key, owner, spent, ttl)
         case ClearInFlight(key, owner):
             return await _need(store).aclear_in_flight(key, owner)
+        case Begin(key, owner, ttl, mark):
+            return await _need(store).abegin_refresh(key, owner, ttl, mark)
+        case Finish(record, expected, owner):
+            return await _need(store).afinish_refresh(record, expected, owner)
         case Notify(event, key, fields):
             return events.emit(event, key, **fields)
     raise TypeError(f"unknown operation {op!r}")

@@ -207,6 +207,9 @@ class Store(ABC):
 
     #: A human-readable location for messages (a path or URL without credentials).
     location: str = "memory"
+    #: True when the async operations are native (network stores), not the sync ones run in a
+    #: worker thread.
+    native_async: bool = False
 
     @abstractmethod
     def load(self, key: str) -> Record | None:
@@ -335,33 +338,19 @@ class Store(ABC):
     async def abegin_refresh(
         self, key: str, owner: str, ttl: float, mark: InFlightMark | None = None
     ) -> Begun:
-        acquired = await self.aacquire_lease(key, owner, ttl)
-        record = await self.aload(key)
-        if not acquired:
-            return Begun(False, record)
-        current = await self.ain_flight(key)
-        marked = _mark_applies(record, current, owner, mark)
-        if marked and mark is not None:
-            await self.amark_in_flight(key, owner, mark.fingerprint, mark.ttl)
-        return Begun(True, record, current, marked)
+        return await asyncio.to_thread(self.begin_refresh, key, owner, ttl, mark)
 
     async def afinish_refresh(
         self, record: Record, expected_version: int, owner: str, clear_in_flight: bool = True
     ) -> bool:
-        if not await self.acompare_and_set(record, expected_version):
-            return False
-        if clear_in_flight:
-            with contextlib.suppress(StoreError):
-                await self.aclear_in_flight(record.key, owner)
-        await self.arelease_lease(record.key, owner)
-        return True
+        return await asyncio.to_thread(
+            self.finish_refresh, record, expected_version, owner, clear_in_flight
+        )
 
     async def aclaim_due_records(
         self, now: float, limit: int, owner: str, ttl: float
     ) -> list[Record]:
-        keys = await self.aclaim_due(now, limit, owner, ttl)
-        records = [await self.aload(key) for key in keys]
-        return [record for record in records if record is not None]
+        return await asyncio.to_thread(self.claim_due_records, now, limit, owner, ttl)
 
     # Due-queue: optional. The defaults keep the queue in this object's memory and scan the
     # records, which is right for single-process stores (memory, JSON file, dotenv). Shared

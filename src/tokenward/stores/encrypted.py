@@ -264,6 +264,7 @@ class EncryptedStore(Store):
         self.inner = inner
         self.keyring = keys
         self.location = inner.location
+        self.native_async = inner.native_async
 
     # -- sealing ------------------------------------------------------------------------------
     @staticmethod

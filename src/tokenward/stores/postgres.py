@@ -79,6 +79,8 @@ class PostgresStore(Store):
     operation waits for a connection; `max_size` caps each pool.
     """
 
+    native_async = True
+
     def __init__(
         self,
         url: str,

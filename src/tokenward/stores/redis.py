@@ -59,6 +59,8 @@ __all__ = ["RedisStore"]
 from .redis_scripts import SCRIPTS as _SCRIPTS
 
 _TIMEOUTS = {"socket_connect_timeout": 10.0, "socket_timeout": 30.0}
+#: Connections of one event loop's async client; more tasks than this wait for a free one.
+_ASYNC_CONNECTIONS = 64
 
 
 def _text(value: Any) -> str:
@@ -82,6 +84,8 @@ class RedisStore(Store):
     (the async clients then connect with the same connection settings). Keys live under
     `prefix`, so several applications (or tests) can share one database.
     """
+
+    native_async = True
 
     def __init__(self, url_or_client: str | redis.Redis, *, prefix: str = "tokenward:") -> None:
         self.prefix = prefix
@@ -460,7 +464,12 @@ class RedisStore(Store):
 
     def _async_client(self) -> redis.asyncio.Redis:
         if self._url is not None:
-            return redis.asyncio.Redis.from_url(self._url, **_TIMEOUTS)  # type: ignore[arg-type]
+            # A blocking pool: many tasks at once (an asyncio refresher) wait for a connection
+            # instead of failing with "Too many connections" past redis-py's default 100.
+            blocking = redis.asyncio.BlockingConnectionPool.from_url(
+                self._url, max_connections=_ASYNC_CONNECTIONS, **_TIMEOUTS
+            )
+            return redis.asyncio.Redis(connection_pool=blocking)
         pool = self._client.connection_pool
         connection_class: type[redis.asyncio.connection.AbstractConnection]
         if "path" in pool.connection_kwargs:
@@ -476,8 +485,8 @@ class RedisStore(Store):
         accepted -= {"self", "args", "kwargs"}
         kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in accepted}
         return redis.asyncio.Redis(
-            connection_pool=redis.asyncio.ConnectionPool(
-                connection_class=connection_class, **kwargs
+            connection_pool=redis.asyncio.BlockingConnectionPool(
+                connection_class=connection_class, max_connections=_ASYNC_CONNECTIONS, **kwargs
             )
         )
 

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import StoreCorrupted, StoreError
-from .base import Claim, Record, Store, check_successor, due_time
+from .base import Begun, Claim, InFlightMark, Record, Store, check_successor, due_time, may_mark
 from .file import FILE_MODE, make_private_dir, record_from_data
 
 __all__ = ["SQLiteStore"]
@@ -135,22 +135,27 @@ class SQLiteStore(Store):
 
     def compare_and_set(self, record: Record, expected_version: int) -> bool:
         check_successor(record, expected_version)
+        with self._transaction("compare-and-set") as conn:
+            return self._write(conn, record, expected_version)
+
+    @staticmethod
+    def _write(conn: _Connection, record: Record, expected_version: int) -> bool:
+        """The compare-and-set's statement, inside the caller's transaction."""
         data = json.dumps(record.to_dict(), separators=(",", ":"), sort_keys=True)
         due = due_time(record)
-        with self._transaction("compare-and-set") as conn:
-            if expected_version == 0:
-                cursor = conn.execute(
-                    "INSERT INTO records (key, version, data, updated_at, due_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                    (record.key, record.version, data, record.updated_at, due),
-                )
-            else:
-                cursor = conn.execute(
-                    "UPDATE records SET version = ?, data = ?, updated_at = ?, due_at = ?, "
-                    "claimed_by = NULL WHERE key = ? AND version = ?",
-                    (record.version, data, record.updated_at, due, record.key, expected_version),
-                )
-            return cursor.rowcount == 1
+        if expected_version == 0:
+            cursor = conn.execute(
+                "INSERT INTO records (key, version, data, updated_at, due_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                (record.key, record.version, data, record.updated_at, due),
+            )
+        else:
+            cursor = conn.execute(
+                "UPDATE records SET version = ?, data = ?, updated_at = ?, due_at = ?, "
+                "claimed_by = NULL WHERE key = ? AND version = ?",
+                (record.version, data, record.updated_at, due, record.key, expected_version),
+            )
+        return cursor.rowcount == 1
 
     def delete(self, key: str) -> bool:
         with self._transaction("delete") as conn:
@@ -246,6 +251,64 @@ class SQLiteStore(Store):
                 [(now + ttl, owner, key) for key in keys],
             )
         return keys
+
+    def begin_refresh(
+        self, key: str, owner: str, ttl: float, mark: InFlightMark | None = None
+    ) -> Begun:
+        now, holder = time.time(), self._holder()
+        with self._transaction("begin refresh") as conn:
+            acquired = conn.execute(_ACQUIRE, (key, owner, now + ttl, holder, now)).rowcount == 1
+            row = conn.execute("SELECT version, data FROM records WHERE key = ?", (key,)).fetchone()
+            record = None if row is None else self._record_of(key, row[0], row[1])
+            if not acquired:
+                return Begun(False, record)
+            found = conn.execute(
+                "SELECT owner, deadline, holder, fingerprint FROM in_flight "
+                "WHERE key = ? AND deadline > ?",
+                (key, now),
+            ).fetchone()
+            current = None if found is None else Claim(found[0], found[1] - now, *found[2:])
+            marked = (
+                mark is not None
+                and record is not None
+                and record.version == mark.version
+                and may_mark(current, owner, mark)
+            )
+            if marked and mark is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO in_flight (key, owner, fingerprint, deadline, holder) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (key, owner, mark.fingerprint, now + mark.ttl, holder),
+                )
+            return Begun(True, record, current, marked)
+
+    def finish_refresh(
+        self, record: Record, expected_version: int, owner: str, clear_in_flight: bool = True
+    ) -> bool:
+        check_successor(record, expected_version)
+        with self._transaction("finish refresh") as conn:
+            if not self._write(conn, record, expected_version):
+                return False
+            if clear_in_flight:
+                conn.execute(
+                    "DELETE FROM in_flight WHERE key = ? AND owner = ?", (record.key, owner)
+                )
+            conn.execute("DELETE FROM leases WHERE key = ? AND owner = ?", (record.key, owner))
+            return True
+
+    def claim_due_records(self, now: float, limit: int, owner: str, ttl: float) -> list[Record]:
+        if limit <= 0:
+            return []
+        with self._transaction("claim due keys") as conn:
+            rows = conn.execute(
+                "SELECT key, version, data FROM records WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE records SET due_at = ?, claimed_by = ? WHERE key = ?",
+                [(now + ttl, owner, row[0]) for row in rows],
+            )
+        return [self._record_of(key, version, data) for key, version, data in rows]
 
     def close(self) -> None:
         with self._guard:

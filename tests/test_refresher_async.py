@@ -1,0 +1,172 @@
+"""The asyncio refresher (issue 13) against the emulator over real HTTP, on SQLite, Redis and
+PostgreSQL: every due credential refreshed once with nothing refused, and a stop or a
+cancellation in the middle of a refresh loses no rotated refresh token. Instants are reached
+through emulator holds and counters, never sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import POSTGRES_URL, REDIS_URL, require
+
+from tokenward.refresher_async import AsyncRefresher
+from tokenward.sources import RefreshTokenGrant
+from tokenward.stores import Record, SQLiteStore, Store
+from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET
+from tokenward.testing.emulator import Emulator, fingerprint
+from tokenward.testing.server import EmulatorServer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    kind, name = request.param, "tw_async_" + uuid.uuid4().hex[:12]
+    opened: Store
+    if kind == "sqlite":
+        opened = SQLiteStore(tmp_path / "tokens.db")
+    elif kind == "redis":
+        require("redis")
+        from tokenward.stores.redis import RedisStore
+
+        opened = RedisStore(REDIS_URL, prefix=name + ":")
+    else:
+        require("postgres")
+        from tokenward.stores.postgres import PostgresStore
+
+        opened = PostgresStore(POSTGRES_URL, schema=name)
+    yield opened
+    for key in opened.keys(""):
+        opened.delete(key)
+    opened.close()
+    if kind == "postgres":
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def emulator(tokenward_emulator: EmulatorServer) -> Emulator:
+    emu = tokenward_emulator.emulator
+    # Single-use refresh tokens with reuse detection: a refresh token spent twice, or lost,
+    # revokes the whole family and shows in the counters.
+    emu.configure(access_lifetime=3600, revoke_family_on_reuse=True)
+    return emu
+
+
+def seed_due(store: Store, emu: Emulator, count: int) -> dict[str, str]:
+    """`count` credentials, all due now: key -> fingerprint of its refresh token."""
+    seeds = {}
+    now = time.time()
+    for i in range(count):
+        refresh_token = emu.issue_refresh_token(TEST_CLIENT_ID)
+        record = Record(
+            f"ml:{i:04d}",
+            1,
+            access_token=f"old-{i}",
+            refresh_token=refresh_token,
+            expires_at=now - 1,
+            obtained_at=now - 3601,
+        )
+        assert store.compare_and_set(record, 0)
+        seeds[record.key] = fingerprint(refresh_token)
+    return seeds
+
+
+def refresher_for(store: Store, server: EmulatorServer, **options: float) -> AsyncRefresher:
+    grant = RefreshTokenGrant(server.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET)
+    return AsyncRefresher(store, lambda _key: grant, poll_interval=0.02, **options)  # type: ignore[arg-type]
+
+
+async def run_until(refresher: AsyncRefresher, refreshed: int) -> None:
+    """Run `refresher` until its stats count `refreshed` refreshes, then stop and drain."""
+    task = asyncio.create_task(refresher.run())
+    while refresher.stats.snapshot()["refreshed"] < refreshed and not task.done():
+        await asyncio.sleep(0.01)  # a poll interval: the condition decides, not the time
+    refresher.stop()
+    await task
+
+
+def assert_every_record_newest_and_valid(
+    store: Store, emu: Emulator, seeds: dict[str, str]
+) -> None:
+    issued = {entry["old"]: entry["new"] for entry in emu.refresh_log}
+    for key, seed in seeds.items():
+        record = store.load(key)
+        assert record is not None and record.version == 2 and record.state == "ok", key
+        assert issued.get(seed) == fingerprint(record.refresh_token), key  # the one rotation
+        assert emu.is_refresh_token_valid(record.refresh_token or "")
+    counters = emu.counters
+    assert counters["refreshes"] == len(seeds), counters  # once each, never twice
+    assert counters["invalid_grant"] == counters["families_revoked"] == 0, counters
+
+
+def test_every_due_credential_is_refreshed_once(
+    store: Store, tokenward_emulator: EmulatorServer, emulator: Emulator
+) -> None:
+    seeds = seed_due(store, emulator, 60)
+    refresher = refresher_for(store, tokenward_emulator, concurrency=16, batch=8)
+    asyncio.run(run_until(refresher, len(seeds)))
+    stats = refresher.stats.snapshot()
+    assert stats["refreshed"] == len(seeds) and stats["failed"] == 0, stats
+    assert_every_record_newest_and_valid(store, emulator, seeds)
+    # Nothing is due any more: the compare-and-set filed each record's next due time.
+    assert store.claim_due_records(time.time(), 100, "check", 60) == []
+
+
+def test_two_refreshers_on_one_store_refresh_each_credential_once(
+    store: Store, tokenward_emulator: EmulatorServer, emulator: Emulator
+) -> None:
+    seeds = seed_due(store, emulator, 40)
+    first = refresher_for(store, tokenward_emulator, concurrency=8, batch=4)
+    second = refresher_for(store, tokenward_emulator, concurrency=8, batch=4)
+
+    async def both() -> None:
+        tasks = [asyncio.create_task(r.run()) for r in (first, second)]
+        while emulator.counters["refreshes"] < len(seeds):
+            await asyncio.sleep(0.01)
+        for refresher in (first, second):
+            refresher.stop()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(both())
+    assert_every_record_newest_and_valid(store, emulator, seeds)
+
+
+@pytest.mark.parametrize("how", ["stop", "cancel"])
+def test_a_stop_mid_refresh_waits_for_the_answer_and_stores_it(
+    store: Store, tokenward_emulator: EmulatorServer, emulator: Emulator, how: str
+) -> None:
+    """The provider has rotated the refresh token and holds its answer when the refresher is
+    stopped (or the task running it is cancelled, as `asyncio.run` does on Ctrl-C): the answer
+    is still stored, the new refresh token is valid."""
+    seeds = seed_due(store, emulator, 1)
+    hold = emulator.hold("token", stage="answered")
+    refresher = refresher_for(store, tokenward_emulator)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(refresher.run())
+        await asyncio.to_thread(hold.wait, 60)  # rotated at the provider, answer held
+        if how == "stop":
+            refresher.stop()
+        else:
+            task.cancel()
+        await asyncio.sleep(0)
+        assert not task.done()  # draining: the answer has not arrived
+        hold.release()
+        if how == "stop":
+            await task
+        else:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+    assert refresher.stats.snapshot()["refreshed"] == 1
+    assert_every_record_newest_and_valid(store, emulator, seeds)
