@@ -85,6 +85,12 @@ def cli_login_python(world: World, block: Block) -> None:
     assert {row["name"]: row["state"] for row in rows}["ml"] == "ok"
 
 
+def cli_revoke_python(world: World, block: Block) -> None:
+    assert world.python(block.text) == "needs_reauth\n"  # after cli_login_python's login
+    output = world.sh(["tokenward token ml || test $? -eq 3"])[0]  # exit code 3: a login
+    assert "revoked locally" in output
+
+
 def cli_import_env(world: World, block: Block) -> None:
     emulator = world.emulator.emulator
     folder = world.base / "import"
@@ -258,6 +264,7 @@ RUNNERS: dict[str, list[tuple[str, Runner]]] = {
         ('curl -H "Authorization: Bearer $(tokenward token ml)"', cli_token_in_a_shell),
         ("tokenward status --json | jq", cli_status_jq),
         ("from tokenward.login import login", cli_login_python),
+        ("from tokenward.login import revoke", cli_revoke_python),
         ("tokenward import-env .env", cli_import_env),
         (".env", cli_gitignore),
         ('eval "$(_TOKENWARD_COMPLETE=bash_source tokenward)"', cli_completion),

@@ -53,9 +53,7 @@ from .errors import (
     TransientError,
 )
 from .sources.authorization import AuthorizationDenied, DeviceAuthorization
-from .sources.oauth2 import parse_token_response
 from .token import fingerprint
-from .transport import DEFAULT_TIMEOUT, HttpRequest, send
 
 __all__ = [
     "EXIT_ADDRESS_IN_USE",
@@ -675,11 +673,6 @@ def _status_hint(config: Config, row: dict[str, Any]) -> str | None:
 
 
 # -- login ----------------------------------------------------------------------------------------
-def _http(request: HttpRequest) -> Any:
-    with httpx2.Client(timeout=DEFAULT_TIMEOUT) as client:
-        return send(client, request)
-
-
 def _show_url(url: str, redirect_uri: str, timeout: float) -> None:
     click.echo(f"Open this URL to authorize tokenward:\n{url}", err=True)
     click.echo(
@@ -805,56 +798,15 @@ def revoke(name: str, local: bool, config_path: Path | None) -> None:
       tokenward revoke google
       tokenward revoke ml --local         # MercadoLibre has no revocation endpoint
     """
-    config = _load(config_path)
-    settings = config.credential_config(name)
-    revocation_url = settings.get("revocation_url")
-    if not local and not revocation_url:
-        raise ConfigError(_no_revocation_endpoint(settings))
-    store = config.store_for(settings)
-    record = store.load(name)
+    from .login import revoke as revoke_grant
+
+    command = "`tokenward revoke --local`" if local else "`tokenward revoke`"
+    record = revoke_grant(name, _load(config_path), local=local, via=f" with {command}")
     if record is None:
         click.echo(f"{name}: nothing stored, nothing to revoke")
         return
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    if local:
-        how = (
-            f"revoked locally with `tokenward revoke --local` on {when} "
-            "(the provider was not asked)"
-        )
-    else:
-        _revoke_at_provider(settings, record.refresh_token, record.access_token)
-        how = f"revoked at the provider with `tokenward revoke` on {when}"
-    updated = record.successor(
-        access_token=None, refresh_token=None, expires_at=None, state="needs_reauth", last_error=how
-    )
-    store.compare_and_set(updated, record.version)
     where = "forgot the stored tokens of" if local else "revoked"
     click.echo(f"{where} {name}; next: `tokenward login {name}` to use it again")
-
-
-def _no_revocation_endpoint(settings: CredentialConfig) -> str:
-    """Why `revoke` cannot ask the provider, what the provider offers instead, and the fixes."""
-    preset = settings.settings.get("preset")
-    note = settings.settings.get("revocation_note")
-    origin = f"the {preset} preset" if preset else "it"
-    text = f"{settings.where} has no revocation_url, so tokenward cannot revoke at the provider"
-    if note:
-        text += f" ({origin}: {note})"
-    return (
-        f"{text}. Run `tokenward revoke {settings.name} --local` to forget the stored tokens "
-        f'here, or set revocation_url = "https://..." in [credentials.{settings.name}] if '
-        "the provider has an RFC 7009 endpoint."
-    )
-
-
-def _revoke_at_provider(settings: CredentialConfig, *tokens: str | None) -> None:
-    """RFC 7009: revoke each token (refresh token first: it may take the access token along)."""
-    client = settings.oauth_client()
-    for secret, hint in zip(tokens, ("refresh_token", "access_token"), strict=True):
-        if secret:
-            response = _http(client.revocation_request(secret, hint))
-            if response.status >= 400:
-                parse_token_response(response, settings.name)  # raises the classified error
 
 
 def _read_env(path: Path) -> dict[str, str]:

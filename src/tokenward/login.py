@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx2
 
 from .config import Config, ConfigError, CredentialConfig, load_config
+from .revocation import revoke_stored
 from .sources.authorization import (
     AuthorizationDenied,
     DeviceAuthorization,
@@ -57,6 +58,7 @@ __all__ = [
     "device_code",
     "login",
     "open_browser",
+    "revoke",
 ]
 
 #: What a login reports while it waits: (URL to open, redirect URI) for a browser login.
@@ -286,4 +288,43 @@ def _obtain(
         browser=browser,
         timeout=timeout,
         credential=settings.name,
+    )
+
+
+def revoke(
+    name: str,
+    config: str | os.PathLike[str] | Config | None = None,
+    *,
+    local: bool = False,
+    via: str = "",
+    store: Store | None = None,
+) -> Record | None:
+    """Revoke the configured credential `name`'s grant at the provider (`TokenManager.revoke`
+    with the credential's `revocation_url`), or with `local=True` only forget the stored tokens
+    (no client secret needed: the provider keeps them valid until they expire). The record is
+    left without tokens, in state `needs_reauth`; None when nothing was stored. A credential
+    without `revocation_url` raises `ConfigError` saying what the provider offers instead."""
+    loaded = config if isinstance(config, Config) else load_config(config)
+    settings = loaded.credential_config(name)
+    if not local and not settings.get("revocation_url"):
+        raise ConfigError(_no_revocation_endpoint(settings))
+    chosen = store if store is not None else loaded.store_for(settings)
+    if local:
+        return revoke_stored(chosen, name, None, via=via)
+    with settings.manager(chosen) as manager:
+        return manager.revoke(settings.oauth_client(), via=via)
+
+
+def _no_revocation_endpoint(settings: CredentialConfig) -> str:
+    """Why the provider cannot be asked, what it offers instead, and the fixes."""
+    preset = settings.settings.get("preset")
+    note = settings.settings.get("revocation_note")
+    origin = f"the {preset} preset" if preset else "it"
+    text = f"{settings.where} has no revocation_url, so tokenward cannot revoke at the provider"
+    if note:
+        text += f" ({origin}: {note})"
+    return (
+        f"{text}. Run `tokenward revoke {settings.name} --local` to forget the stored tokens "
+        f'here, or set revocation_url = "https://..." in [credentials.{settings.name}] if '
+        "the provider has an RFC 7009 endpoint."
     )

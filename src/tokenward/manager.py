@@ -33,7 +33,9 @@ from . import events
 from .errors import ManagerClosed, SessionScoped
 from .flow import FlowContext, refresh_flow, run, run_async
 from .retry import RetryPolicy
+from .revocation import revoke_stored
 from .rules import ExpiryRule
+from .sources.authorization import OAuthClient
 from .sources.base import Source
 from .stores.base import Record, Store
 from .token import Token
@@ -212,6 +214,25 @@ class TokenManager:
         self._hot = None
         events.emit("token.seeded", self.key, version=new.version)
         return new
+
+    def revoke(self, client: OAuthClient | None = None, *, via: str = "") -> Record | None:
+        """Revoke the stored grant at the provider with `client` (its `revocation_url`, RFC
+        7009; None: only forget the tokens here) and store the record without tokens, state
+        `needs_reauth`; the next `token()` raises `ReauthorizationRequired` until a new login.
+        A refresh that lands meanwhile has its new tokens revoked too, by compare-and-set
+        (`tokenward.revocation`). Returns the stored record, or None when nothing was stored."""
+        flight = self._flight
+        if flight is not None and not self._led_on_this_loop():
+            # A refresh in flight here lands first, so the hot token is not set after this.
+            concurrent.futures.wait([flight], timeout=self._drain_bound())
+        client_http = self._sync_client() if client is not None else None
+        record = revoke_stored(self.store, self.key, client, http_client=client_http, via=via)
+        self._hot = None
+        return record
+
+    async def arevoke(self, client: OAuthClient | None = None, *, via: str = "") -> Record | None:
+        """`revoke()` for asyncio code (the same steps, on a worker thread)."""
+        return await asyncio.to_thread(self.revoke, client, via=via)
 
     def status(self) -> dict[str, Any]:
         """A secret-free summary: state, expiry, refresh count, last error."""
