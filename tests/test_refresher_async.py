@@ -170,3 +170,21 @@ def test_a_stop_mid_refresh_waits_for_the_answer_and_stores_it(
     asyncio.run(scenario())
     assert refresher.stats.snapshot()["refreshed"] == 1
     assert_every_record_newest_and_valid(store, emulator, seeds)
+
+
+def test_the_scale_guide_example_runs(
+    tmp_path: Path, tokenward_emulator: EmulatorServer, emulator: Emulator
+) -> None:
+    """docs/scale.md, section 4: the AsyncRefresher example, as written, with a due credential
+    (its first claim comes before `duration` is looked at, so the refresh always happens)."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "scale.md").read_text()
+    start = text.index("```python\nimport asyncio\nimport signal\n")
+    code = text[start + len("```python\n") : text.index("```", start + 3)]
+    store = SQLiteStore(tmp_path / "tokens.db")
+    seeds = seed_due(store, emulator, 1)
+    ml = RefreshTokenGrant(tokenward_emulator.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET)
+    namespace = {"store": store, "ml": ml}
+    exec(compile(code, "docs/scale.md", "exec"), namespace)
+    assert namespace["refresher"].stats.snapshot()["refreshed"] == 1
+    assert_every_record_newest_and_valid(store, emulator, seeds)
+    store.close()
