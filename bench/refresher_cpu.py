@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -47,8 +46,8 @@ POSTGRES_URL = os.environ.get(
 LIFETIME = 3600  # the provider's answers: refreshed credentials are not due again in the run
 SEED_BATCH = 10_000
 KINDS = ("redis", "postgres", "sqlite")
-#: The floor, `AsyncRefresher` (what `tokenward refresher` runs) and the thread-based `Refresher`.
-IMPLS = ("floor", "tokenward", "tokenward-threads")
+#: The floor and `AsyncRefresher` (what `tokenward refresher` runs).
+IMPLS = ("floor", "tokenward")
 
 
 # -- the store under test ------------------------------------------------------------------------
@@ -224,15 +223,13 @@ def worker(impl: str, url: str, token_url: str, count: int) -> dict[str, Any]:
     """Run `impl` until `count` refreshes are stored; CPU and RSS of this process."""
     if impl == "floor":
         return asyncio.run(_floor(url, token_url, count))
-    if impl == "tokenward-threads":
-        return _tokenward(url, token_url, count)
     return asyncio.run(_tokenward_async(url, token_url, count))
 
 
 async def _tokenward_async(url: str, token_url: str, count: int) -> dict[str, Any]:
     """`AsyncRefresher`, the refresher `tokenward refresher` runs."""
     from tokenward import RefreshTokenGrant
-    from tokenward.refresher_async import AsyncRefresher
+    from tokenward.refresher import AsyncRefresher
     from tokenward.stores import open_store
 
     store = open_store(url)
@@ -283,45 +280,6 @@ async def _floor(url: str, token_url: str, count: int) -> dict[str, Any]:
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
     await store.close()
     return {**outcome, "cpu_s": cpu, "wall_s": wall, "rss_growth_mb": rss_mb() - rss}
-
-
-def _tokenward(url: str, token_url: str, count: int) -> dict[str, Any]:
-    """The thread-based `Refresher` (8 worker threads, a `TokenManager` per credential)."""
-    from tokenward import RefreshTokenGrant
-    from tokenward.refresher import Refresher
-    from tokenward.stores import open_store
-
-    store = open_store(url)
-    source = RefreshTokenGrant(token_url, "bench-app", "bench-secret")
-    refresher = Refresher(store, lambda key: source, poll_interval=0.05)
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            stats = refresher.stats.snapshot()
-            if stats["refreshed"] + stats["failed"] + stats["needs_reauth"] >= count:
-                stop.set()
-            stop.wait(0.02)
-
-    rss = rss_mb()
-    cpu, wall = time.process_time(), time.monotonic()
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    refresher.run(stop)
-    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
-    watcher.join()
-    stats = refresher.stats.snapshot()
-    grown = rss_mb() - rss
-    refresher.close()
-    store.close()
-    failed = stats["failed"] + stats["needs_reauth"]
-    return {
-        "refreshed": stats["refreshed"],
-        "failed": failed,
-        "cpu_s": cpu,
-        "wall_s": wall,
-        "rss_growth_mb": grown,
-    }
 
 
 def measure(impl: str, url: str, token_url: str, count: int) -> dict[str, Any]:

@@ -683,21 +683,17 @@ def _refresher_section(refresher: dict[str, Any]) -> list[str]:
         "`bench/tokenprovider.py` (raw asyncio, rotating single-use refresh tokens); its own "
         "CPU per refresh is shown apart.",
         "",
-        "tokenward is `AsyncRefresher` (what `tokenward refresher` runs); the thread-based "
-        "`Refresher` (8 threads, a `TokenManager` per credential) is shown beside it.",
+        "tokenward is `tokenward.refresher.AsyncRefresher`, what `tokenward refresher` runs.",
         "",
-        "| store | floor (ms) | tokenward (ms) | ratio | threads (ms) | provider (ms) "
-        "| invalid_grant |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| store | floor (ms) | tokenward (ms) | ratio | provider (ms) | invalid_grant |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for kind, row in refresher.get("side_by_side", {}).items():
         floor, ours = row["floor"], row["tokenward"]
-        threads = row.get("tokenward-threads", {}).get("cpu_ms_per_refresh")
-        refused = sum(row[impl]["invalid_grant"] for impl in row if isinstance(row[impl], dict))
         lines.append(
             f"| {kind} | {floor['cpu_ms_per_refresh']:.3f} | {ours['cpu_ms_per_refresh']:.3f} | "
-            f"{row['ratio']:.2f}x | {'-' if threads is None else f'{threads:.3f}'} | "
-            f"{ours['provider_cpu_ms_per_refresh']:.3f} | {refused} |"
+            f"{row['ratio']:.2f}x | {ours['provider_cpu_ms_per_refresh']:.3f} | "
+            f"{floor['invalid_grant'] + ours['invalid_grant']} |"
         )
     if refresher.get("growth"):
         lines += [

@@ -22,8 +22,7 @@ from typing import Any
 import httpx2
 
 from tokenward.manager import TokenManager
-from tokenward.refresher import Refresher
-from tokenward.refresher_async import AsyncRefresher
+from tokenward.refresher import AsyncRefresher
 from tokenward.sources.oauth2 import RefreshTokenGrant
 from tokenward.stores.base import Record, Store
 from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET, fingerprint
@@ -93,21 +92,17 @@ def storm(cfg: dict[str, Any]) -> dict[str, Any]:
 def refresher(cfg: dict[str, Any]) -> dict[str, Any]:
     """A refresher process: claims and refreshes from the start time until the parent writes
     `stop` (the parent decides from the provider's log, not from a clock), or `duration` seconds
-    at the most. `AsyncRefresher` (what `tokenward refresher` runs), or the thread-based
-    `Refresher` with `"impl": "threads"`."""
+    at the most. `AsyncRefresher`, what `tokenward refresher` runs."""
     store = open_store(cfg)
     grant = source(cfg)
-    options: dict[str, Any] = {
-        "concurrency": cfg.get("concurrency", 16),
-        "claim_ttl": cfg.get("claim_ttl", 10.0),
-        "poll_interval": cfg.get("poll_interval", 0.05),
-        "lease_ttl": cfg.get("lease_ttl", 5.0),
-    }
-    worker: Refresher | AsyncRefresher
-    if cfg.get("impl") == "threads":
-        worker = Refresher(store, lambda _key: grant, **options)
-    else:
-        worker = AsyncRefresher(store, lambda _key: grant, **options)
+    worker = AsyncRefresher(
+        store,
+        lambda _key: grant,
+        concurrency=cfg.get("concurrency", 16),
+        claim_ttl=cfg.get("claim_ttl", 10.0),
+        poll_interval=cfg.get("poll_interval", 0.05),
+        lease_ttl=cfg.get("lease_ttl", 5.0),
+    )
     at = float(_ready())
 
     def stop_on_request() -> None:
@@ -117,13 +112,8 @@ def refresher(cfg: dict[str, Any]) -> dict[str, Any]:
     threading.Thread(target=stop_on_request, daemon=True).start()
     time.sleep(max(0.0, at - time.time()))
     try:
-        if isinstance(worker, AsyncRefresher):
-            asyncio.run(worker.run(duration=cfg["duration"]))
-        else:
-            worker.run(duration=cfg["duration"])
+        asyncio.run(worker.run(duration=cfg["duration"]))
     finally:
-        if isinstance(worker, Refresher):
-            worker.close()
         store.close()
     return {"pid": os.getpid(), "stats": worker.stats.snapshot()}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from servers import POSTGRES_URL, REDIS_URL, require
 
-from tokenward.refresher_async import AsyncRefresher
+from tokenward.refresher import AsyncRefresher
 from tokenward.sources import RefreshTokenGrant
 from tokenward.stores import Record, SQLiteStore, Store
 from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET

@@ -1,27 +1,40 @@
-"""`Refresher`: proactive refresh of many credentials, shared by any number of processes.
+"""Proactive refresh of many credentials, shared by any number of processes.
 
-Every store write puts the record's refresh-due time in the store's due-queue
-(`Store.claim_due`: a Redis sorted set, an indexed PostgreSQL or SQLite column). A refresher
-loop claims the keys that are due (atomically: two workers never get the same key at once, and
-a claim held by a dead worker lapses after `claim_ttl`), refreshes each through a per-key
-`TokenManager` on a bounded thread pool, and puts it back in the queue at its next due time.
-Run as many refresher processes as you like against one store: they split the work without a
-scheduler, and because the refresh itself still goes through the manager's lease and
-compare-and-set, a key that is claimed twice (a lapsed claim, a clock skew) is still refreshed
+Every store write puts the record's refresh-due time in the store's due-queue (a Redis sorted
+set, an indexed PostgreSQL or SQLite column). A refresher claims the due keys in batches, with
+their records (`Store.claim_due_records`: atomic, so two workers never get the same key at once,
+and a claim held by a dead worker lapses after `claim_ttl`), refreshes each through the one
+refresh protocol (`flow.refresh_flow`, started from the claimed record), and the store files its
+next due time with the new record. Run as many refresher processes as you like against one
+store: they split the work without a scheduler, and because each refresh still goes through the
+lease and compare-and-set, a key claimed twice (a lapsed claim, a clock skew) is still refreshed
 once: the second worker adopts the first one's token.
+
+`AsyncRefresher` is the implementation: one event loop, one shared `httpx2.AsyncClient`, the
+store's native async operations (local stores run inline on the loop: a worker-thread hop per
+operation would cost more CPU than the operation). With the stores' compound operations a
+refresh costs a share of one claim, one `begin_refresh`, the token request and one
+`finish_refresh` (docs/scale.md, "Store round trips per refresh"). Nothing is kept per
+credential between refreshes, so memory stays flat however many credentials pass through.
+`Refresher` is the same for programs without an event loop: `run()` blocks, running an
+`AsyncRefresher` on a private loop.
+
+Stopping drains: `stop()` (SIGTERM in `tokenward refresher`) stops claiming and waits for every
+refresh in flight. A refresh task is never cancelled, not even when the task running `run()`
+is: a provider's answer may hold the only valid refresh token (invariant 2).
 
 Idle credentials are kept alive: a credential that has not been refreshed for
 `keepalive_after` seconds is refreshed even if its access token has no expiry, so a refresh
 token that lapses when unused (many providers: 30 days to 6 months) never does.
 
-    refresher = Refresher(store, lambda key: sources[key.split(":", 1)[0]])
-    refresher.run(stop_event)            # or run_once() from your own loop
+    refresher = AsyncRefresher(store, lambda key: sources[key.split(":", 1)[0]])
+    await refresher.run()                # until refresher.stop()
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
+import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -29,19 +42,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 
 from . import events
 from .errors import CredentialNotSeeded, ReauthorizationRequired, StoreError
-from .manager import RefreshPolicy, TokenManager
+from .flow import FlowContext, refresh_flow, run_async
+from .manager import RefreshPolicy
 from .retry import RetryPolicy
 from .sources.base import Source
 from .stores.base import DUE_FRACTION, DUE_MAX, Record, Store, due_time
-from .transport import DEFAULT_TIMEOUT
+from .transport import DEFAULT_TIMEOUT, longest_request
 
-__all__ = ["KEEPALIVE_AFTER", "Refresher", "RefresherStats"]
+__all__ = ["KEEPALIVE_AFTER", "AsyncRefresher", "Lateness", "Refresher", "RefresherStats"]
 
 #: Default keep-alive period: a credential idle this long is refreshed anyway.
 KEEPALIVE_AFTER = 30 * 86400.0
@@ -69,19 +83,53 @@ class RefresherStats:
             return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-class Refresher:
-    """Claims due credentials from `store` and refreshes them, `concurrency` at a time.
+#: Upper bounds (seconds) of the lateness histogram: how long after its due time a claimed
+#: credential was picked up.
+LATENESS_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 300.0, float("inf"))
 
-    `source_for_key(key)` returns the source for a store key (e.g. every `ml:*` key uses the
-    `ml` credential's client), or None for a key this refresher does not handle (it is left to
-    another refresher and offered again after `claim_ttl`).
 
-    Due times: `lead_fraction` of a token's lifetime before its expiry (at most `max_lead`
-    seconds), and at the latest `keepalive_after` seconds after its last refresh. With
-    `proactive=False` only the keep-alive refresh happens (callers refresh on demand). Stores
-    file the default due times (`stores.base.due_time`) on every write and a refresher can only
-    postpone them: a lead larger than the default, or a keep-alive period under one day, takes
-    effect from the second refresh on.
+@dataclass
+class Lateness:
+    """How late claimed credentials were picked up (a histogram, for `/metrics`)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * len(LATENESS_BUCKETS))
+    total: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        seconds = max(seconds, 0.0)
+        self.total += seconds
+        for i, bound in enumerate(LATENESS_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+                return
+
+
+class _Inline:
+    """A local store (SQLite, a file, memory) whose async operations run on the loop's own
+    thread: a refresher's loop does nothing but refresh, a local transaction takes about a
+    millisecond, and SQLite lets one writer in at a time anyway, while a worker-thread hop per
+    operation costs more CPU than the operation itself (bench/refresher_cpu.py)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        sync = getattr(self._store, name[1:], None) if name.startswith("a") else None
+        if sync is None or not callable(sync):
+            return getattr(self._store, name)
+
+        async def inline(*args: Any, **kwargs: Any) -> Any:
+            return sync(*args, **kwargs)
+
+        return inline
+
+
+class AsyncRefresher:
+    """Claims due credentials from `store` and refreshes up to `concurrency` at once.
+
+    `source_for_key(key)` returns the source for a store key, or None for a key this refresher
+    does not handle (its claim lapses after `claim_ttl` and another refresher takes it). Due
+    times and keep-alive as in `tokenward.refresher.Refresher`.
     """
 
     def __init__(
@@ -89,7 +137,8 @@ class Refresher:
         store: Store,
         source_for_key: Callable[[str], Source | None],
         *,
-        concurrency: int = 8,
+        concurrency: int = 64,
+        batch: int = 64,
         claim_ttl: float = 60.0,
         poll_interval: float = 0.25,
         keepalive_after: float | None = KEEPALIVE_AFTER,
@@ -101,15 +150,18 @@ class Refresher:
         lease_wait: float = 60.0,
         retry: RetryPolicy | None = None,
         policy: RefreshPolicy | None = None,
-        max_managers: int = 100_000,
         owner: str | None = None,
         timeout: httpx2.Timeout | float = DEFAULT_TIMEOUT,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        if concurrency < 1 or batch < 1:
+            raise ValueError("concurrency and batch must be at least 1")
         self.store = store
+        #: What the loop drives: `store` itself when its async operations are native (Redis,
+        #: PostgreSQL), else `store` run inline (see `_Inline`).
+        self._store = store if store.native_async else cast(Store, _Inline(store))
         self.source_for_key = source_for_key
         self.concurrency = concurrency
+        self.batch = batch
         self.claim_ttl = claim_ttl
         self.poll_interval = poll_interval
         self.keepalive_after = keepalive_after
@@ -117,28 +169,20 @@ class Refresher:
         self.lead_fraction = lead_fraction
         self.max_lead = max_lead
         self.failure_pause = failure_pause
+        self.lease_ttl = lease_ttl
+        self.lease_wait = lease_wait
+        self.retry = retry or RetryPolicy()
+        self.policy = policy or RefreshPolicy()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = RefresherStats()
-        self._manager_options: dict[str, Any] = {
-            "lease_ttl": lease_ttl,
-            "lease_wait": lease_wait,
-            "retry": retry,
-            "policy": policy,
-        }
-        self._max_managers = max_managers
-        self._managers: collections.OrderedDict[str, TokenManager] = collections.OrderedDict()
-        self._managers_lock = threading.Lock()
-        # One connection pool (and one TLS context) for every credential's token requests.
-        limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self._client = httpx2.Client(timeout=timeout, limits=limits)
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            concurrency, thread_name_prefix="tokenward-refresher"
-        )
-        self._in_flight = 0
-        self._changed = threading.Condition()
-        self._stop = threading.Event()
+        self.lateness = Lateness()
+        self._timeout = timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    # -- policy ---------------------------------------------------------------------------------
+    # -- policy -------------------------------------------------------------------------------
     def due_at(self, record: Record) -> float | None:
         """When this refresher wants `record` refreshed next (None: never)."""
         return due_time(
@@ -149,66 +193,224 @@ class Refresher:
             proactive=self.proactive,
         )
 
-    # -- running --------------------------------------------------------------------------------
+    # -- running ------------------------------------------------------------------------------
+    async def run(self, duration: float | None = None) -> None:
+        """Claim and refresh until `stop()` is called or `duration` seconds pass; then wait for
+        the refreshes in flight (always, even when this task is cancelled)."""
+        self._bind()
+        ends = None if duration is None else time.monotonic() + duration
+        async with self._http() as client:
+            try:
+                await self._claim_loop(client, ends)
+            finally:
+                self._stopping = True
+                await self._drain()
+
+    async def run_once(self, now: float | None = None) -> int:
+        """Claim what is due at `now` (up to `concurrency` keys), refresh it and wait: the
+        number of keys handled."""
+        self._bind()
+        claimed: list[Record] = []
+        async with self._http() as client:
+            try:
+                at = time.time() if now is None else now
+                claimed = await self._store.aclaim_due_records(
+                    at, self.concurrency, self.owner, self.claim_ttl
+                )
+                self.stats.add("claimed", len(claimed))
+                for record in claimed:
+                    self._start(client, record, at)
+            finally:
+                await self._drain()
+        return len(claimed)
+
+    def _bind(self) -> None:
+        """Attach to the running loop (`stop()` reaches it from other threads)."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+
+    def _http(self) -> httpx2.AsyncClient:
+        limits = httpx2.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
+        return httpx2.AsyncClient(timeout=self._timeout, limits=limits)
+
+    def stop(self) -> None:
+        """Stop claiming; `run()` returns once the refreshes in flight are stored. Safe to call
+        from any thread or a signal handler."""
+        self._stopping = True
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(wake.set)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def _claim_loop(self, client: httpx2.AsyncClient, ends: float | None) -> None:
+        pause = self.poll_interval
+        while not self._stopping and (ends is None or time.monotonic() < ends):
+            free = min(self.batch, self.concurrency - len(self._tasks))
+            claimed: list[Record] = []
+            if free > 0:
+                try:
+                    claimed = await self._store.aclaim_due_records(
+                        time.time(), free, self.owner, self.claim_ttl
+                    )
+                    pause = self.poll_interval
+                except StoreError as exc:
+                    self.stats.add("store_errors")
+                    events.emit("refresher.store_error", "*", detail=str(exc))
+                    pause = min(pause * 2, 2.0)  # the store is down: back off, keep trying
+            self.stats.add("claimed", len(claimed))
+            now = time.time()
+            for record in claimed:
+                self._start(client, record, now)
+            if not claimed or len(self._tasks) >= self.concurrency:
+                await self._idle(pause)
+
+    async def _idle(self, pause: float) -> None:
+        """Wait `pause`, or less when a refresh finishes (a free slot) or `stop()` is called."""
+        assert self._wake is not None
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), pause)
+
+    def _start(self, client: httpx2.AsyncClient, record: Record, now: float) -> None:
+        due = due_time(record)
+        if due is not None:
+            self.lateness.add(now - due)
+        task = asyncio.get_running_loop().create_task(self._work(client, record))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _drain(self) -> None:
+        """Wait for every refresh in flight; a cancellation of the caller waits all the same."""
+        while self._tasks:
+            pending = set(self._tasks)
+            try:
+                await asyncio.shield(asyncio.gather(*pending, return_exceptions=True))
+            except asyncio.CancelledError:
+                continue  # cancelled again: the refreshes still run, wait for them anyway
+
+    async def _work(self, client: httpx2.AsyncClient, record: Record) -> None:
+        outcome = await self.process(client, record)
+        self.stats.add(outcome)
+
+    # -- one credential -----------------------------------------------------------------------
+    async def process(self, client: httpx2.AsyncClient, record: Record) -> str:
+        """Handle one claimed record; returns what happened (a `RefresherStats` field name)."""
+        key = record.key
+        try:
+            source = self.source_for_key(key)
+            if source is None:
+                return "skipped"  # another refresher's key: its claim lapses after claim_ttl
+            due = self.due_at(record)
+            if due is None or due > time.time():
+                # Refreshed meanwhile (or waiting for re-authorization): file its next due time.
+                await self._store.aschedule(key, due)
+                return "rescheduled"
+            context = self._context(key, source)
+            flow = refresh_flow(context, record.token(), force=True, known=record)
+            token = await run_async(flow, self._store, client)
+            # The compare-and-set filed the store's default due time; when this refresher's
+            # policy says otherwise (a longer keep-alive period, ...), file its own.
+            stored = Record(key, expires_at=token.expires_at, obtained_at=token.obtained_at)
+            if (mine := self.due_at(stored)) != due_time(stored):
+                await self._store.aschedule(key, mine)
+            return "refreshed"
+        except ReauthorizationRequired:
+            return "needs_reauth"  # the store already took it out of the queue
+        except CredentialNotSeeded:
+            await self._schedule_quietly(key, None)
+            return "skipped"
+        except Exception as exc:  # transient, store down, misconfigured: try again later
+            events.emit("refresher.failed", key, detail=f"{type(exc).__name__}: {exc}")
+            await self._schedule_quietly(key, time.time() + self.failure_pause)
+            return "failed"
+
+    def _context(self, key: str, source: Source) -> FlowContext:
+        policy = self.policy
+        return FlowContext(
+            key=key,
+            source=source,
+            store=self._store,
+            owner=self.owner,
+            fresh=lambda token: time.time() < policy.refresh_at(token),
+            retry=self.retry,
+            lease_ttl=self.lease_ttl,
+            lease_wait=self.lease_wait,
+            request_deadline=longest_request(self._timeout) + 1.0,
+        )
+
+    async def _schedule_quietly(self, key: str, due: float | None) -> None:
+        try:
+            await self._store.aschedule(key, due)
+        except Exception:  # the store is down: the claim lapses after claim_ttl instead
+            self.stats.add("store_errors")
+
+
+class Refresher:
+    """`AsyncRefresher` for programs without an event loop: `run()` blocks.
+
+    Takes the same options (`concurrency` defaults to 8). `run(stop)` returns when the
+    `threading.Event` `stop` is set, `stop()` is called or `duration` passes, after the
+    refreshes in flight are stored."""
+
+    def __init__(
+        self,
+        store: Store,
+        source_for_key: Callable[[str], Source | None],
+        *,
+        concurrency: int = 8,
+        **options: Any,
+    ) -> None:
+        self._inner = AsyncRefresher(store, source_for_key, concurrency=concurrency, **options)
+        self.store = store
+        self.stats = self._inner.stats
+        self.lateness = self._inner.lateness
+        self.owner = self._inner.owner
+
+    def due_at(self, record: Record) -> float | None:
+        """When this refresher wants `record` refreshed next (None: never)."""
+        return self._inner.due_at(record)
+
     def run(self, stop: threading.Event | None = None, duration: float | None = None) -> None:
         """Claim and refresh until `stop` is set, `stop()` is called or `duration` passes."""
-        stop = stop or self._stop
-        ends = None if duration is None else time.monotonic() + duration
-        pause = self.poll_interval
-        while not (stop.is_set() or self._stop.is_set()):
-            if ends is not None and time.monotonic() >= ends:
-                break
-            try:
-                started = self._claim_and_submit()
-            except StoreError as exc:
-                self.stats.add("store_errors")
-                events.emit("refresher.store_error", "*", detail=str(exc))
-                stop.wait(pause)
-                pause = min(pause * 2, 2.0)  # the store is down: back off, keep trying
-                continue
-            pause = self.poll_interval
-            if not started:
-                with self._changed:
-                    # Woken early when a worker finishes (a free slot may claim more).
-                    self._changed.wait(self.poll_interval)
-        self.wait_idle()
+        finished = threading.Event()
+
+        def relay() -> None:  # `stop` is a threading.Event: hand it to the loop when set
+            while stop is not None and not finished.is_set():
+                if stop.wait(0.1):
+                    self._inner.stop()
+                    return
+
+        watcher = threading.Thread(target=relay, name="tokenward-refresher-stop", daemon=True)
+        watcher.start()
+        try:
+            asyncio.run(self._inner.run(duration))
+        finally:
+            finished.set()
+            watcher.join()
 
     def run_once(self, now: float | None = None) -> int:
         """Claim what is due now (up to `concurrency` keys), refresh it, and wait: the number
         of keys handled."""
-        keys = self.store.claim_due(
-            time.time() if now is None else now, self.concurrency, self.owner, self.claim_ttl
-        )
-        self.stats.add("claimed", len(keys))
-        list(self._pool.map(self.process, keys))
-        return len(keys)
+        return asyncio.run(self._inner.run_once(now))
 
     def stop(self) -> None:
-        self._stop.set()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no refresh is in flight."""
-        ends = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
-            while self._in_flight:
-                left = None if ends is None else ends - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._changed.wait(left)
-        return True
+        """Stop claiming (from any thread); `run()` returns once refreshes in flight are stored."""
+        self._inner.stop()
 
     def close(self) -> None:
-        """Stop, wait for refreshes in flight, close the HTTP client (the store is yours)."""
+        """Stop (the store is yours: close it yourself)."""
         self.stop()
-        self._pool.shutdown(wait=True)
-        with self._managers_lock:
-            managers = list(self._managers.values())
-            self._managers.clear()
-        for manager in managers:
-            manager.close()
-        self._client.close()
 
     def __enter__(self) -> Refresher:
         return self
@@ -227,92 +429,3 @@ class Refresher:
                     self.store.schedule(key, self.due_at(record))
                     count += 1
         return count
-
-    # -- one key --------------------------------------------------------------------------------
-    def _claim_and_submit(self) -> int:
-        with self._changed:
-            free = self.concurrency - self._in_flight
-        if free <= 0:
-            return 0
-        keys = self.store.claim_due(time.time(), free, self.owner, self.claim_ttl)
-        if not keys:
-            return 0
-        self.stats.add("claimed", len(keys))
-        with self._changed:
-            self._in_flight += len(keys)
-        for key in keys:
-            self._pool.submit(self._work, key)
-        return len(keys)
-
-    def _work(self, key: str) -> None:
-        try:
-            self.process(key)
-        finally:
-            with self._changed:
-                self._in_flight -= 1
-                self._changed.notify_all()
-
-    def process(self, key: str) -> str:
-        """Handle one claimed key; returns what happened (a `RefresherStats` field name)."""
-        outcome = self._process(key)
-        self.stats.add(outcome)
-        return outcome
-
-    def _process(self, key: str) -> str:
-        try:
-            record = self.store.load(key)
-            if record is None:
-                return "skipped"
-            source = self.source_for_key(key)
-            if source is None:
-                return "skipped"  # another refresher's key: its claim lapses after claim_ttl
-            due = self.due_at(record)
-            if due is None or due > time.time():
-                # Refreshed meanwhile (or waiting for re-authorization): file its next due time.
-                self.store.schedule(key, due)
-                return "rescheduled"
-            manager = self._manager(key, source)
-            current = record.token()
-            # "Newer than what I just read": if another worker refreshed since, this adopts its
-            # token (versions, not timing, decide), so a double claim never refreshes twice.
-            token = manager.invalidate(current) if current is not None else manager.token()
-            # The compare-and-set filed the store's default due time; when this refresher's
-            # policy says otherwise (a longer keep-alive period, ...), file its own.
-            stored = Record(key, expires_at=token.expires_at, obtained_at=token.obtained_at)
-            if (due := self.due_at(stored)) != due_time(stored):
-                self.store.schedule(key, due)
-            return "refreshed"
-        except ReauthorizationRequired:
-            return "needs_reauth"  # the store already took it out of the queue
-        except CredentialNotSeeded:
-            # No refresh token to use (an access token stored by hand): nothing to refresh
-            # until the next write files it again.
-            self._schedule_quietly(key, None)
-            return "skipped"
-        except Exception as exc:  # transient, store down, misconfigured: try again later
-            events.emit("refresher.failed", key, detail=f"{type(exc).__name__}: {exc}")
-            self._schedule_quietly(key, time.time() + self.failure_pause)
-            return "failed"
-
-    def _schedule_quietly(self, key: str, due: float | None) -> None:
-        try:
-            self.store.schedule(key, due)
-        except Exception:  # the store is down: the claim lapses after claim_ttl instead
-            self.stats.add("store_errors")
-
-    def _manager(self, key: str, source: Source) -> TokenManager:
-        with self._managers_lock:
-            manager = self._managers.get(key)
-            if manager is not None and manager.source is source:
-                self._managers.move_to_end(key)
-                return manager
-            manager = TokenManager(
-                key, source, self.store, http_client=self._client, **self._manager_options
-            )
-            self._managers[key] = manager
-            evicted = []
-            while len(self._managers) > self._max_managers:
-                evicted.append(self._managers.popitem(last=False)[1])
-        for old in evicted:
-            old.close()
-        return manager
