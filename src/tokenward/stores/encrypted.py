@@ -23,6 +23,9 @@ can never be given the same id by mistake, and the id names a key without reveal
 A value that cannot be opened raises `StoreDecryptionError` (a `StoreCorrupted`) naming the
 store, the record, the field, the key id and the fix, never the value: the manager surfaces it
 from `token()` at once (a store error is not retried as a transient provider error).
+
+The module is longer than most (about 540 lines): it wraps the whole store contract, sync and
+async and the compound operations, beside the keyring and `rekey`; each wrapper is a line or two.
 """
 
 from __future__ import annotations

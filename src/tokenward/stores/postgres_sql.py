@@ -6,6 +6,8 @@ Kept apart so the store's module reads as Python: `MIGRATIONS` are appended to, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from psycopg import sql
 
 __all__ = ["LATEST", "MIGRATIONS", "Statements"]
@@ -48,11 +50,21 @@ LATEST = MIGRATIONS[-1][0]
 
 
 class Statements:
+    """Every statement of the store for one schema (`{s}`), composed once and safely quoted."""
+
     def __init__(self, schema: str) -> None:
         def q(text: str) -> sql.Composed:
             return sql.SQL(text).format(s=sql.Identifier(schema))
 
         self.registry = sql.Literal(f"{schema}.schema_migrations")
+        self._migrations(q)
+        self._records(q)
+        self._leases(q)
+        self._in_flight(q)
+        self._compound(q)
+
+    def _migrations(self, q: Callable[[str], sql.Composed]) -> None:
+        """The migrations registry and the migrations themselves."""
         self.current = q("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations")
         self.create_schema = q("CREATE SCHEMA IF NOT EXISTS {s}")
         self.create_registry = q(
@@ -61,6 +73,9 @@ class Statements:
         )
         self.record_migration = q("INSERT INTO {s}.schema_migrations (version) VALUES (%s)")
         self.migrations = [(version, [q(s) for s in steps]) for version, steps in MIGRATIONS]
+
+    def _records(self, q: Callable[[str], sql.Composed]) -> None:
+        """Records and the due-queue."""
         self.load = q("SELECT version, data FROM {s}.records WHERE key = %s")
         self.insert = q(
             "INSERT INTO {s}.records (key, version, data, updated_at, due_at) "
@@ -82,6 +97,9 @@ class Statements:
             "DELETE FROM {s}.records WHERE key = %(k)s"
         )
         self.keys = q("SELECT key FROM {s}.records WHERE starts_with(key, %s)")
+
+    def _leases(self, q: Callable[[str], sql.Composed]) -> None:
+        """Leases and liveness."""
         self.acquire = q(
             "INSERT INTO {s}.leases AS leases (key, owner, expires_at, holder) "
             "VALUES (%s, %s, now() + make_interval(secs => %s), %s) "
@@ -102,6 +120,9 @@ class Statements:
             "SELECT owner, extract(epoch FROM expires_at - now())::float8, holder "
             "FROM {s}.leases WHERE key = %s AND expires_at > now()"
         )
+
+    def _in_flight(self, q: Callable[[str], sql.Composed]) -> None:
+        """In-flight records."""
         self.mark = q(
             "INSERT INTO {s}.in_flight AS f (key, owner, fingerprint, deadline, holder) "
             "VALUES (%s, %s, %s, now() + make_interval(secs => %s), %s) "
@@ -119,7 +140,9 @@ class Statements:
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND classid = %s::oid AND objid = %s::oid AND objsubid = 1)"
         )
-        # Compound operations (`begin_refresh`, `finish_refresh`, `claim_due_records`).
+
+    def _compound(self, q: Callable[[str], sql.Composed]) -> None:
+        """The compound operations (`begin_refresh`, `finish_refresh`, `claim_due_records`)."""
         self.begun = q(
             "SELECT r.version, r.data, f.owner, "
             "extract(epoch FROM f.deadline - now())::float8, f.holder, f.fingerprint "
