@@ -553,3 +553,18 @@ def test_encrypted_store_opened_without_keys_sends_nothing(tmp_path: Path) -> No
     assert "encryption_keys" in message and str(tmp_path / "t.db") in message
     for secret in SECRETS:
         assert secret not in message
+
+
+def test_record_knows_when_its_secrets_are_sealed(tmp_path: Path) -> None:
+    """The store layer, not the protocol, tells ciphertext read without the keys apart."""
+    inner = SQLiteStore(tmp_path / "t.db")
+    keyed = EncryptedStore(inner, _ring(KEY_A))
+    with TokenManager("ml", FunctionSource(lambda _: "x"), keyed) as manager:
+        manager.seed(access_token=ACCESS, refresh_token=REFRESH, expires_in=3600)
+    opened, raw = keyed.load("ml"), inner.load("ml")
+    assert opened is not None and raw is not None
+    assert not opened.sealed and raw.sealed
+    opened.ensure_readable(keyed.location)
+    with pytest.raises(StoreError, match="encryption_keys"):
+        raw.ensure_readable(inner.location)
+    inner.close()

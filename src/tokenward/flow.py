@@ -39,7 +39,6 @@ from .retry import RetryPolicy
 from .sources.base import HttpSource, Source
 from .sources.function import Called, FunctionSource, atimed, timed
 from .stores.base import Begun, Claim, InFlightMark, Record, Store
-from .stores.encrypted import PREFIX as ENCRYPTED_PREFIX
 from .token import Token, fingerprint
 from .transport import HttpRequest, send, send_async
 
@@ -292,17 +291,9 @@ def _adoptable(ctx: FlowContext, rec: Record | None, seen: Token | None) -> Toke
 
 
 def _check_readable(ctx: FlowContext, rec: Record | None) -> None:
-    """Refuse ciphertext read through a store opened without its keys: sent to the provider
-    as a refresh token it would earn an `invalid_grant` and cost a login."""
-    if rec is not None and any(
-        value and value.startswith(ENCRYPTED_PREFIX)
-        for value in (rec.access_token, rec.refresh_token)
-    ):
-        raise StoreError(
-            f"credential {ctx.key!r}: the store {ctx.store.location} holds encrypted tokens but "
-            "was opened without the encryption keys. Configure `[store] encryption_keys` (or "
-            "TOKENWARD_ENCRYPTION_KEY); nothing was sent to the provider."
-        )
+    """Refuse a record whose secrets the store could not open (`Record.ensure_readable`)."""
+    if rec is not None:
+        rec.ensure_readable(ctx.store.location)
 
 
 def _take_lease(ctx: FlowContext, seen: Token | None) -> Generator[Op, Any, Token | None]:

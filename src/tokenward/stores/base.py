@@ -16,14 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass
 
 from ..errors import StoreError
 from ..liveness import holder_parts, join_holder, process_alive
-from ..token import Token, fingerprint
+from .record import Record, State
 
 __all__ = [
     "DUE_FRACTION",
@@ -37,77 +35,6 @@ __all__ = [
     "Store",
     "due_time",
 ]
-
-State = Literal["ok", "needs_reauth"]
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """What a store keeps for one credential. `version` starts at 1 and grows by one per write."""
-
-    key: str
-    version: int = 0
-    access_token: str | None = field(default=None, repr=False)
-    token_type: str = "Bearer"
-    expires_at: float | None = None
-    refresh_token: str | None = field(default=None, repr=False)
-    scope: str | None = None
-    obtained_at: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
-    state: State = "ok"
-    last_error: str | None = None
-    refresh_count: int = 0
-    updated_at: float = field(default_factory=time.time)
-
-    def successor(self, **changes: Any) -> Record:
-        """The next version of this record, ready for `compare_and_set(next, self.version)`."""
-        return replace(self, version=self.version + 1, updated_at=time.time(), **changes)
-
-    def token(self) -> Token | None:
-        """The access token this record holds, or None when it holds none."""
-        if not self.access_token:
-            return None
-        return Token(
-            self.access_token,
-            token_type=self.token_type,
-            expires_at=self.expires_at,
-            refresh_token=self.refresh_token,
-            scope=self.scope,
-            obtained_at=self.obtained_at if self.obtained_at is not None else self.updated_at,
-            version=self.version,
-            extra=dict(self.extra),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (contains secrets: for stores only, never for display)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Record:
-        """Inverse of `to_dict`; unknown keys are ignored so newer files stay readable."""
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    def describe(self) -> dict[str, Any]:
-        """A secret-free summary for status displays and logs."""
-        return {
-            "key": self.key,
-            "version": self.version,
-            "state": self.state,
-            "token": fingerprint(self.access_token),
-            "expires_at": self.expires_at,
-            "has_refresh_token": bool(self.refresh_token),
-            "refresh_count": self.refresh_count,
-            "last_error": self.last_error,
-            "updated_at": self.updated_at,
-        }
-
-    def __repr__(self) -> str:
-        return (
-            f"Record(key={self.key!r}, version={self.version}, state={self.state!r}, "
-            f"token={fingerprint(self.access_token)!r}, "
-            f"refresh_token={fingerprint(self.refresh_token)!r})"
-        )
 
 
 @dataclass(frozen=True, slots=True)

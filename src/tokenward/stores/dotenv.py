@@ -31,7 +31,9 @@ from typing import Any
 
 from ..errors import StoreCorrupted, StoreError
 from .base import Record, check_successor
-from .file import FILE_MODE, SidecarFileStore, atomic_write, record_from_data
+from .disk import FILE_MODE, atomic_write
+from .file import SidecarFileStore
+from .record import record_from_data
 
 __all__ = ["DotenvStore"]
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ..errors import StoreCorrupted, StoreError
 from .base import Begun, Claim, InFlightMark, Record, Store
+from .record import SEALED_PREFIX as PREFIX
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -64,7 +65,6 @@ __all__ = [
 ENCRYPTION_KEY_ENV = "TOKENWARD_ENCRYPTION_KEY"
 #: `extra` entry marking a record whose secrets are all encrypted.
 MARKER = "_tokenward_encrypted"
-PREFIX = "twenc:v1:"
 _NONCE = 12
 _KEY_BYTES = 32
 _HINT = "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"

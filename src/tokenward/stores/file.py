@@ -1,4 +1,4 @@
-"""A JSON file store, plus the file plumbing the dotenv store shares with it.
+"""A JSON file store, plus the sidecar leases and the base class the dotenv store shares with it.
 
 Why a sidecar lock file and `fcntl.flock`: the data file is replaced by `os.replace` on every
 write (that is what makes a write atomic), so it cannot carry the lock itself: a process waiting
@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from ..errors import StoreCorrupted
 from .base import Claim, Record, Store, check_successor
+from .disk import FILE_MODE, FileLock, atomic_write, read_bytes, sweep_temp_files
+from .record import record_from_data
 
 __all__ = ["JsonFileStore"]
 
@@ -39,153 +36,6 @@ log = logging.getLogger(__name__)
 
 #: Version of the JSON document layout; a newer file is refused rather than misread.
 FORMAT_VERSION = 1
-FILE_MODE = 0o600
-DIR_MODE = 0o700
-
-_NONE = type(None)
-_NUMBER = (int, float)
-#: Record fields and the JSON types each may hold (bool is rejected separately where an int is
-#: expected). Fields missing from a document take the Record default, except REQUIRED ones.
-FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "key": (str,),
-    "version": (int,),
-    "access_token": (str, _NONE),
-    "token_type": (str,),
-    "expires_at": (*_NUMBER, _NONE),
-    "refresh_token": (str, _NONE),
-    "scope": (str, _NONE),
-    "obtained_at": (*_NUMBER, _NONE),
-    "extra": (dict,),
-    "state": (str,),
-    "last_error": (str, _NONE),
-    "refresh_count": (int,),
-    "updated_at": _NUMBER,
-}
-REQUIRED_FIELDS = ("key", "version")
-STATES = ("ok", "needs_reauth")
-
-
-# --- shared helpers for file-backed stores (also used by dotenv.py and sqlite.py) ------------
-
-
-def record_from_data(location: str, data: Any, where: str) -> Record:
-    """Validate a decoded record and build it; anything off raises `StoreCorrupted`.
-
-    Messages name fields and types, never values: a value may be a secret.
-    """
-    if not isinstance(data, dict):
-        raise StoreCorrupted(location, f"{where} is a {type(data).__name__}, not an object")
-    for name in REQUIRED_FIELDS:
-        if name not in data:
-            raise StoreCorrupted(location, f"{where} has no {name!r} field")
-    for name, value in data.items():
-        _check_field(location, where, name, value)
-    return Record.from_dict(data)
-
-
-def _check_field(location: str, where: str, name: str, value: Any) -> None:
-    types = FIELD_TYPES.get(name)
-    if types is None:
-        return  # written by a newer tokenward: ignored, as Record.from_dict does
-    wrong_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-    if wrong_type:
-        raise StoreCorrupted(
-            location, f"{where}: field {name!r} is a {type(value).__name__}, not {_names(types)}"
-        )
-    if isinstance(value, float) and not math.isfinite(value):
-        raise StoreCorrupted(location, f"{where}: field {name!r} is not a finite number")
-    if name == "version" and value < 1:
-        raise StoreCorrupted(location, f"{where}: field 'version' is {value}, below 1")
-    if name == "state" and value not in STATES:
-        raise StoreCorrupted(location, f"{where}: field 'state' is not one of {STATES}")
-
-
-def _names(types: tuple[type, ...]) -> str:
-    return " or ".join("null" if t is _NONE else t.__name__ for t in types)
-
-
-def make_private_dir(directory: Path) -> None:
-    """Create `directory` (and parents) readable by the owner only, if it does not exist."""
-    if not directory.exists():
-        os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE, durable: bool = True) -> None:
-    """Replace `path` with `data` so that readers and crashes see the old or the new bytes.
-
-    The temp file is created 0600 by `mkstemp` (never world-readable, even briefly) and only then
-    given `mode`. With `durable`, the data and the rename are fsync'ed before returning.
-    """
-    path = Path(os.path.realpath(path))  # through a symlink: keep the link, replace its target
-    make_private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_dir(path.parent)
-
-
-def sweep_temp_files(path: Path, older_than: float = 60.0) -> int:
-    """Remove temp files `atomic_write` left behind when a writer was killed mid-write (they
-    hold secrets). Only old ones: a fresh one may belong to a write in progress."""
-    path = Path(os.path.realpath(path))
-    cutoff = time.time() - older_than
-    removed = 0
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        with suppress(OSError):
-            if stale.stat().st_mtime < cutoff:
-                stale.unlink()
-                removed += 1
-    return removed
-
-
-def read_bytes(path: Path) -> bytes | None:
-    """The file's bytes, or None when it does not exist."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-class FileLock:
-    """An exclusive lock across threads (a `threading.Lock`) and processes (`flock` on a sidecar
-    file that is never replaced). Not reentrant."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._thread_lock = threading.Lock()
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        import fcntl  # POSIX only; imported here so that importing tokenward works everywhere
-
-        with self._thread_lock:
-            make_private_dir(self.path.parent)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # closing the descriptor releases the flock
 
 
 class SidecarLeases:

@@ -56,8 +56,8 @@ from psycopg.types.json import Jsonb
 
 from ..errors import StoreCorrupted, StoreError
 from .base import Begun, Claim, InFlightMark, Record, Store, check_successor, due_time
-from .file import record_from_data
 from .postgres_sql import LATEST, MIGRATIONS, Statements
+from .record import record_from_data
 from .url import redact_url
 
 __all__ = ["LATEST", "MIGRATIONS", "PostgresStore"]

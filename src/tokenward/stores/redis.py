@@ -51,7 +51,7 @@ from redis.commands.core import AsyncScript, Script
 
 from ..errors import StoreCorrupted, StoreError
 from .base import Begun, Claim, InFlightMark, Record, Store, check_successor, due_time
-from .file import record_from_data
+from .record import record_from_data
 from .url import redact_url
 
 __all__ = ["RedisStore"]

@@ -39,7 +39,8 @@ from pathlib import Path
 
 from ..errors import StoreCorrupted, StoreError
 from .base import Begun, Claim, InFlightMark, Record, Store, check_successor, due_time, may_mark
-from .file import FILE_MODE, make_private_dir, record_from_data
+from .disk import FILE_MODE, make_private_dir
+from .record import record_from_data
 
 __all__ = ["SQLiteStore"]
 
