@@ -717,8 +717,10 @@ def _refresher_section(refresher: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"RSS: one refresher process grew {rss['rss_growth_mb']:.1f} MB while refreshing "
-            f"{rss['touched']:,} credentials on {rss['kind']}: {rss['mb_per_100k']:.1f} MB per "
-            "100,000 credentials touched.",
+            f"{rss['touched']:,} credentials on {rss['kind']}, "
+            f"{rss.get('rss_warm_growth_mb', rss['rss_growth_mb']):.1f} MB of it after the first "
+            f"quarter (warm-up: imports, connection pools, allocator arenas): "
+            f"{rss['mb_per_100k']:.1f} MB per 100,000 credentials touched after warm-up.",
         ]
     for kind, why in refresher.get("skipped", {}).items():
         lines.append(f"\n{kind}: not measured ({why}).")
