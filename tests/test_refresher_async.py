@@ -188,3 +188,34 @@ def test_the_scale_guide_example_runs(
     assert namespace["refresher"].stats.snapshot()["refreshed"] == 1
     assert_every_record_newest_and_valid(store, emulator, seeds)
     store.close()
+
+
+def test_metrics_and_status_line_show_the_refreshers_counters(
+    tmp_path: Path, tokenward_emulator: EmulatorServer, emulator: Emulator
+) -> None:
+    import socket
+
+    import httpx2
+
+    from tokenward.refresher import Refresher
+    from tokenward.refresher_metrics import StatusLine, serve_metrics
+
+    store = SQLiteStore(tmp_path / "tokens.db")
+    seeds = seed_due(store, emulator, 5)
+    grant = RefreshTokenGrant(tokenward_emulator.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET)
+    refresher = Refresher(store, lambda _key: grant)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve_metrics([refresher], port)
+    assert refresher.run_once() == len(seeds)
+    text = httpx2.get(f"http://127.0.0.1:{port}/metrics").text
+    assert "tokenward_refresher_claimed_total 5.0" in text
+    assert 'tokenward_refresher_outcomes_total{outcome="refreshed"} 5.0' in text
+    assert 'tokenward_refresher_outcomes_total{outcome="failed"} 0.0' in text
+    assert "tokenward_refresher_in_flight 0.0" in text
+    assert 'tokenward_refresher_lateness_seconds_bucket{le="+Inf"} 5.0' in text
+    line = StatusLine([refresher]).render()
+    assert line.startswith("refreshed 5, in flight 0, failed 0"), line
+    assert_every_record_newest_and_valid(store, emulator, seeds)
+    store.close()

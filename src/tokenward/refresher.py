@@ -381,6 +381,11 @@ class Refresher:
         """When this refresher wants `record` refreshed next (None: never)."""
         return self._inner.due_at(record)
 
+    @property
+    def in_flight(self) -> int:
+        """Refreshes running now."""
+        return self._inner.in_flight
+
     def run(self, stop: threading.Event | None = None, duration: float | None = None) -> None:
         """Claim and refresh until `stop` is set, `stop()` is called or `duration` passes."""
         finished = threading.Event()
