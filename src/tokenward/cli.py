@@ -420,7 +420,7 @@ def token(name: str, timeout: float | None, config_path: Path | None) -> None:
       curl -H "Authorization: Bearer $(tokenward token ml)" https://api.mercadolibre.com/users/me
       tokenward token ml --timeout 5      # fail fast when the provider is unreachable
     """
-    from .credential import Credential
+    from .configured import Credential
 
     config = _load(config_path)
     settings = config.credential_config(name)
@@ -508,7 +508,7 @@ def refresh(name: str, config_path: Path | None) -> None:
     Example:
       tokenward refresh ml
     """
-    from .credential import credential
+    from .configured import credential
 
     with credential(name, _load(config_path)) as cred:
         fresh = cred.manager.refresh()

@@ -20,7 +20,6 @@ that a typo is fixed in one step. Unknown keys are errors (with a "did you mean"
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx2
 import platformdirs
 
-from .errors import TokenwardError
+from .errors import ConfigError, InlineSecretWarning, ReadableSecretsWarning, did_you_mean
 from .manager import TokenManager
 from .rules import ExpiryRule
 from .sessions import SessionCalls, SessionHooks, Sessions
@@ -76,19 +75,6 @@ URL_KEYS = (
     "revocation_url",
     "issuer",
 )
-
-
-class ConfigError(TokenwardError):
-    """The configuration is missing, unreadable or invalid. The message says where and how to
-    fix it, and never contains a secret."""
-
-
-class InlineSecretWarning(UserWarning):
-    """A secret is written in the configuration file itself instead of being referenced."""
-
-
-class ReadableSecretsWarning(UserWarning):
-    """A `.env` store (tokens, often the client secret too) is readable by group or others."""
 
 
 # -- schema ---------------------------------------------------------------------------------------
@@ -194,11 +180,6 @@ TOP_KEYS: dict[str, tuple[Check, str]] = {
 }
 
 
-def _suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _check_table(
     table: Mapping[str, Any], schema: Mapping[str, tuple[Check, str]], where: str
 ) -> None:
@@ -207,7 +188,7 @@ def _check_table(
         if key not in schema:
             known = ", ".join(sorted(schema))
             raise ConfigError(
-                f"{where}: unknown key {key!r}{_suggest(key, schema)} (known keys: {known})"
+                f"{where}: unknown key {key!r}{did_you_mean(key, schema)} (known keys: {known})"
             )
         check, expected = schema[key]
         if not check(value):
@@ -234,7 +215,7 @@ def load_preset(name: str, where: str = "preset") -> dict[str, Any]:
     names = preset_names()
     if name not in names:
         raise ConfigError(
-            f"{where}: unknown preset {name!r}{_suggest(name, names)} "
+            f"{where}: unknown preset {name!r}{did_you_mean(name, names)} "
             f"(available: {', '.join(names)}; see `tokenward presets`)"
         )
     text = _preset_dir().joinpath(f"{name}.toml").read_text(encoding="utf-8")
@@ -638,7 +619,7 @@ class Config:
         if found is None:
             known = ", ".join(sorted(self.credentials)) or "none"
             raise ConfigError(
-                f"{self.path}: no [credentials.{name}] table{_suggest(name, self.credentials)} "
+                f"{self.path}: no [credentials.{name}] table{did_you_mean(name, self.credentials)} "
                 f"(configured: {known}). Add one with `tokenward add {name} --preset ...`."
             )
         return found

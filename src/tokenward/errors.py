@@ -1,4 +1,7 @@
-"""Exceptions raised by tokenward.
+"""Exceptions raised by tokenward (and the warnings it issues).
+
+All of them are importable from `tokenward`; they live here, apart from the code that raises
+them, so that catching one does not import that code.
 
 Every message names the credential (and the file, field or provider answer involved) and says
 how to fix the problem. No message ever contains a secret: tokens are named by fingerprint.
@@ -6,20 +9,39 @@ how to fix the problem. No message ever contains a secret: tokens are named by f
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
+    "AuthorizationDenied",
+    "ConfigError",
     "CredentialNotSeeded",
+    "InlineSecretWarning",
     "LeaseTimeout",
     "MalformedTokenResponse",
     "ManagerClosed",
+    "ReadableSecretsWarning",
     "ReauthorizationRequired",
     "RefreshFailed",
     "RequestRejected",
+    "SessionClosed",
+    "SessionExpired",
     "SessionScoped",
+    "StopFailed",
     "StoreCorrupted",
     "StoreError",
+    "TokenReused",
     "TokenwardError",
     "TransientError",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`; did you mean 'x'?` when one of `choices` is close to `word` (a typo), else "".
+    Shared by every message about an unknown name (config keys, presets, credentials)."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class TokenwardError(Exception):
@@ -214,3 +236,54 @@ class SessionScoped(TokenwardError):
             "never cached or stored. Open a session instead: tokenward.credential"
             f"({credential!r}).sessions() (tokenward.sessions), or POST /v1/sessions on the broker"
         )
+
+
+class ConfigError(TokenwardError):
+    """The configuration is missing, unreadable or invalid. The message says where and how to
+    fix it, and never contains a secret."""
+
+
+class InlineSecretWarning(UserWarning):
+    """A secret is written in the configuration file itself instead of being referenced."""
+
+
+class ReadableSecretsWarning(UserWarning):
+    """A `.env` store (tokens, often the client secret too) is readable by group or others."""
+
+
+class AuthorizationDenied(TokenwardError):
+    """The user (or the provider) refused or abandoned an interactive authorization."""
+
+
+# -- sessions (tokenward.sessions) ----------------------------------------------------------------
+class SessionClosed(TokenwardError):
+    """The session has ended: its token is forgotten and must not be used again."""
+
+
+class TokenReused(TokenwardError):
+    """The source returned a token already handed to an earlier session (never passed on)."""
+
+
+class SessionExpired(TokenwardError):
+    """The provider no longer accepts the session's token, and the call has no API-key
+    alternative: the session is over. Start a new session (a fresh token); never retry with
+    this one."""
+
+    def __init__(self, key: str, call: str) -> None:
+        super().__init__(
+            f"{key!r}: the session's token is no longer accepted ({call} answered as expired); "
+            "start a new session for a fresh token"
+        )
+        self.call = call
+
+
+class StopFailed(TokenwardError):
+    """The upstream session could not be stopped. `pending`: a later attempt may succeed (the
+    provider failed transiently or did not answer); otherwise nothing can stop it any more (its
+    token expired and the provider accepts no API key for the stop) and it ends when the
+    provider times it out."""
+
+    def __init__(self, key: str, reason: str, *, pending: bool) -> None:
+        super().__init__(f"{key!r}: the upstream session was not stopped: {reason}")
+        self.reason = reason
+        self.pending = pending

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import httpx2
 
 from . import events
-from .errors import TokenwardError
+from .errors import SessionClosed, SessionExpired, StopFailed, TokenReused
 from .flow import mint_flow, run, run_async
 from .jsonpath import MISSING, lookup
 from .retry import RetryPolicy
@@ -59,39 +59,6 @@ __all__ = [
     "amint",
     "mint",
 ]
-
-
-class SessionClosed(TokenwardError):
-    """The session has ended: its token is forgotten and must not be used again."""
-
-
-class TokenReused(TokenwardError):
-    """The source returned a token already handed to an earlier session (never passed on)."""
-
-
-class SessionExpired(TokenwardError):
-    """The provider no longer accepts the session's token, and the call has no API-key
-    alternative: the session is over. Start a new session (a fresh token); never retry with
-    this one."""
-
-    def __init__(self, key: str, call: str) -> None:
-        super().__init__(
-            f"{key!r}: the session's token is no longer accepted ({call} answered as expired); "
-            "start a new session for a fresh token"
-        )
-        self.call = call
-
-
-class StopFailed(TokenwardError):
-    """The upstream session could not be stopped. `pending`: a later attempt may succeed (the
-    provider failed transiently or did not answer); otherwise nothing can stop it any more (its
-    token expired and the provider accepts no API key for the stop) and it ends when the
-    provider times it out."""
-
-    def __init__(self, key: str, reason: str, *, pending: bool) -> None:
-        super().__init__(f"{key!r}: the upstream session was not stopped: {reason}")
-        self.reason = reason
-        self.pending = pending
 
 
 @dataclass

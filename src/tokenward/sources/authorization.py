@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from ..errors import MalformedTokenResponse, TokenwardError
+from ..errors import AuthorizationDenied, MalformedTokenResponse
 from ..redact import scrub
 from ..token import Token
 from ..transport import HttpRequest, HttpResponse
@@ -41,10 +41,6 @@ __all__ = [
 ]
 
 DEVICE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
-
-
-class AuthorizationDenied(TokenwardError):
-    """The user (or the provider) refused or abandoned an interactive authorization."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""`tokenward.credential("NAME")`: a configured credential in one line.
+"""`tokenward.credential("KEY")`: a configured credential in one line.
 
 Why a wrapper: most programs need exactly three things — an `Auth` for their HTTP client, a
 token for an SDK, and the manager for status — and should not have to assemble a source, a
@@ -14,8 +14,10 @@ store and an expiry rule from the configuration themselves.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
+from ._compat import renamed_keyword
 from .config import Config, CredentialConfig, load_config
 from .integrations.httpx import TokenAuth
 from .manager import TokenManager
@@ -29,7 +31,8 @@ class Credential:
     """A configured credential: `.auth`, `.token()`, `await .atoken()`, `.manager`."""
 
     def __init__(self, config: CredentialConfig, manager: TokenManager) -> None:
-        self.name = config.name
+        #: The credential's key: its `[credentials.KEY]` table, its record in the store.
+        self.key = config.name
         self.config = config
         self.manager = manager
         self.auth = TokenAuth(manager)
@@ -70,13 +73,27 @@ class Credential:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    @property
+    def name(self) -> str:
+        """Deprecated: the credential's `key`."""
+        warnings.warn(
+            "Credential.name is deprecated; use Credential.key", DeprecationWarning, stacklevel=2
+        )
+        return self.key
+
     def __repr__(self) -> str:
-        return f"Credential({self.name!r}, grant={self.config.grant!r})"
+        return f"Credential({self.key!r}, grant={self.config.grant!r})"
 
 
-def credential(name: str, config: str | os.PathLike[str] | Config | None = None) -> Credential:
-    """The credential `name` from the configuration (found as `tokenward.config` describes:
-    explicit path, `TOKENWARD_CONFIG`, `./tokenward.toml`, the user config directory)."""
+def credential(
+    key: str | None = None,
+    config: str | os.PathLike[str] | Config | None = None,
+    **deprecated: Any,
+) -> Credential:
+    """The credential `key` (its `[credentials.KEY]` table) from the configuration (found as
+    `tokenward.config` describes: explicit path, `TOKENWARD_CONFIG`, `./tokenward.toml`, the
+    user config directory). `name=` is the deprecated spelling of `key=`."""
+    key = renamed_keyword(key, deprecated, old="name", new="key", call="tokenward.credential")
     loaded = config if isinstance(config, Config) else load_config(config)
-    settings = loaded.credential_config(name)
+    settings = loaded.credential_config(key)
     return Credential(settings, settings.manager(loaded.store_for(settings)))
