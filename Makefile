@@ -13,11 +13,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench demo
+	$(BIN)/ruff format --check src tests bench demo
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict src
+	$(BIN)/mypy --strict src demo
 
 # tests/test_browser.py drives Debian's chromium (never a browser download); install it once.
 browser:
@@ -45,8 +45,9 @@ pytest: $(STAMP) browser docs-tools pgbouncer
 
 test: lint typecheck pytest
 
+# The demo lives in demo/ (a clone of the repository), not in the package.
 demo: $(STAMP)
-	$(BIN)/python -m tokenward.demo
+	$(BIN)/python -m demo
 
 # tokenward vs its peers, side by side (about 11 minutes); writes docs/benchmarks.md.
 # Needs Redis and PostgreSQL for the network stores (left out when they do not answer).

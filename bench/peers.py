@@ -4,7 +4,7 @@ Each peer is built in the process that uses it, from the provider's address and 
 token (a dict: access_token, refresh_token, expires_at) or, for tokenward, a shared SQLite
 store the parent seeded. `call(worker, seq)` is thread-safe (one HTTP client shared by all the
 process's threads); `async_caller()` yields a coroutine function sharing one async client.
-The request mix is the demo's (`tokenward.demo._request_args`: three POSTs with a JSON body,
+The request mix is the demo's (`demo._request_args`: three POSTs with a JSON body,
 then a GET). Every peer is configured as its documentation suggests for auto-refresh, with an
 early-expiry margin of 5 % of the lifetime where it has one (tokenward's default window).
 """
@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from tokenward.demo import ML_EXPIRY_RULE, NaiveApproach, _request_args
+from demo import ML_EXPIRY_RULE, NaiveApproach, _request_args
 
 from .common import ProviderInfo
 
@@ -107,7 +107,7 @@ class _ShimServer:
 
 
 class _ShimProvider:
-    """What `tokenward.demo.NaiveApproach` needs from the demo's provider."""
+    """What `demo.NaiveApproach` needs from the demo's provider."""
 
     def __init__(self, info: ProviderInfo, refresh_token: str) -> None:
         self.server = _ShimServer(info)
@@ -120,7 +120,7 @@ class _ShimProvider:
 
 
 class NaivePeer(Peer):
-    """The demo's hand-made refresher (`tokenward.demo.NaiveApproach`): shared globals, refresh
+    """The demo's hand-made refresher (`demo.NaiveApproach`): shared globals, refresh
     on any 401, no lock, no proactive refresh. Each process keeps its own copy of the globals."""
 
     name = "hand-made"

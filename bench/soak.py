@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tokenward.demo import Schedule, Tally
+from demo import Schedule, Tally
 
 from .common import ProviderProcess, rss_mb
 from .storm import (

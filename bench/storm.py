@@ -3,7 +3,7 @@
 One provider emulator (bench/provider.py, its own process) with RFC 9700 reuse detection (a
 rotated refresh token presented again revokes the whole family, as in `make demo`) and a 25 ms
 token endpoint. Each run: a fresh login; the parent obtains the first access token (not
-counted); then the workers call the API on the demo's fixed schedule (`tokenward.demo.Schedule`,
+counted); then the workers call the API on the demo's fixed schedule (`demo.Schedule`,
 200 requests/s in all, spread evenly over the workers) for `duration` seconds. Counted: failed
 requests (anything but 200 after what the peer does on its own), refreshes (the emulator's
 count) per lifetime elapsed, and whether the refresh token the peer ends with is still valid.
@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx2
 
-from tokenward.demo import Schedule, Tally, _attempt, _drain
+from demo import Schedule, Tally, _attempt, _drain
 
 from .common import ProviderInfo, ProviderProcess
 from .peers import KEY, PEERS, Peer
@@ -135,7 +135,7 @@ def _start_spec(peer: str, info: ProviderInfo, refresh_token: str, store: str) -
 
 
 def _thread_worker(schedule: Schedule, worker: int, call: Any, tally: Tally) -> None:
-    """`tokenward.demo._thread_worker` with a cut-off (see GRACE)."""
+    """`demo._thread_worker` with a cut-off (see GRACE)."""
     cutoff = schedule.start + schedule.duration + GRACE
     seq = 0
     while (due := schedule.due(worker, seq)) is not None:

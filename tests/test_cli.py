@@ -30,7 +30,6 @@ COMMANDS = [
     "login",
     "revoke",
     "import-env",
-    "demo",
 ]
 
 
@@ -92,19 +91,6 @@ def seed(config: Path, emulator: Any) -> str:
 def test_every_command_has_an_example_in_its_help(command: str) -> None:
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0 and "Example" in result.output
-
-
-def test_demo_help_in_a_subprocess(env: dict[str, str]) -> None:
-    assert "Example" in run("demo", "--help", env=env).stdout
-
-
-def test_demo_calls_the_demo_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tokenward.demo
-
-    seen: list[list[str]] = []
-    monkeypatch.setattr(tokenward.demo, "main", lambda argv: seen.append(argv) or 0)
-    result = CliRunner().invoke(cli, ["demo", "--workers", "2"])
-    assert result.exit_code == 0 and seen == [["--workers", "2"]]
 
 
 # -- init, add, presets ----------------------------------------------------------------------------

@@ -22,9 +22,9 @@ pytest.importorskip("dotenv")
 
 import itertools
 
-from tokenward import demo
-from tokenward.demo import DemoResult
-from tokenward.demo.race import (
+import demo
+from demo import DemoResult
+from demo.race import (
     ActResult,
     DemoConfig,
     Kill,
@@ -36,6 +36,8 @@ from tokenward.demo.race import (
 )
 from tokenward.testing import Emulator
 
+#: The clone `python -m demo` runs from (`make demo` runs there; the demo is not in the wheel).
+ROOT = Path(__file__).resolve().parents[1]
 SECRET_PREFIXES = ("APP_USR-", "TG-")
 SMALL = DemoConfig(duration=3.0, kill_duration=2.6, lifetime=1.0, processes=2, threads=2, rate=40.0)
 
@@ -202,10 +204,11 @@ def test_command_line_shows_both_acts_and_the_verdict() -> None:
     args = ["--quiet", "--duration", "3", "--kill-duration", "2.6", "--lifetime", "1"]
     args += ["--processes", "2", "--threads", "2", "--rate", "40"]
     completed = subprocess.run(
-        [sys.executable, "-m", "tokenward.demo", *args],
+        [sys.executable, "-m", "demo", *args],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     out = completed.stdout
@@ -222,12 +225,22 @@ def test_command_line_shows_both_acts_and_the_verdict() -> None:
     assert not any(p in out + completed.stderr for p in SECRET_PREFIXES)
 
 
+def test_help_in_a_subprocess() -> None:
+    """`python -m demo --help` from the clone (was `tokenward demo --help` while the demo was
+    in the package): the options, no run."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "demo", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "usage: python -m demo" in completed.stdout and "--duration" in completed.stdout
+
+
 def test_json_output_holds_no_secret() -> None:
     completed = subprocess.run(
         [
             sys.executable,
             "-m",
-            "tokenward.demo",
+            "demo",
             "--json",
             "--duration",
             "2",
@@ -245,6 +258,7 @@ def test_json_output_holds_no_secret() -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=ROOT,
     )
     shown = completed.stdout + completed.stderr
     assert not any(p in shown for p in SECRET_PREFIXES)
@@ -255,12 +269,10 @@ def test_json_output_holds_no_secret() -> None:
 
 def test_docs_show_the_real_code_of_both_sides() -> None:
     """docs/demo.md's code blocks are verbatim excerpts of the modules the demo runs."""
-    root = Path(__file__).resolve().parents[1]
     code = "".join(
-        (root / "src" / "tokenward" / "demo" / name).read_text()
-        for name in ("handmade.py", "withtokenward.py")
+        (ROOT / "demo" / name).read_text() for name in ("handmade.py", "withtokenward.py")
     )
-    blocks = re.findall(r"```python\n(.*?)```", (root / "docs" / "demo.md").read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "demo.md").read_text(), re.S)
     assert len(blocks) >= 5
     for block in blocks:
         assert block in code, block

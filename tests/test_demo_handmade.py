@@ -1,4 +1,4 @@
-"""The demo's hand-made refresher (`tokenward.demo.handmade`) must stay the real thing teams ship:
+"""The demo's hand-made refresher (`demo/handmade.py`) must stay the real thing teams ship:
 tokens loaded once from `.env`, refresh on a 401 that says `invalid_token`/`expired`, one retry
 only, a cooldown between refreshes, `.env` rewritten after a refresh. Over real HTTP against the
 emulator; time is moved by rewinding the module's own `_last_refresh`, never by sleeping."""
@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 
 from tokenward.testing import Emulator, EmulatorServer
 
-HANDMADE = Path(__file__).parents[1] / "src" / "tokenward" / "demo" / "handmade.py"
+HANDMADE = Path(__file__).parents[1] / "demo" / "handmade.py"
 
 
 @pytest.fixture

@@ -59,8 +59,6 @@ MUST_NOT_LOAD = (
 def _defined_exceptions() -> dict[str, type[BaseException]]:
     found: dict[str, type[BaseException]] = {}
     for info in pkgutil.walk_packages(tokenward.__path__, "tokenward."):
-        if info.name.startswith("tokenward.demo"):
-            continue  # `make demo`: a program, not a library surface
         module = importlib.import_module(info.name)
         for name, value in vars(module).items():
             if (

@@ -778,7 +778,7 @@ def _login_mcp(
     return True
 
 
-# -- revoke, import-env, demo ---------------------------------------------------------------------
+# -- revoke, import-env ---------------------------------------------------------------------------
 @cli.command()
 @click.argument("name")
 @click.option(
@@ -922,20 +922,6 @@ def _explain_dotenv_additions(file: Path, added: list[str]) -> None:
         f"(refresh coordination). Keep them out of version control; .gitignore: "
         f"{file.name} {lock} {leases}"
     )
-
-
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.pass_context
-def demo(ctx: click.Context) -> None:
-    """Run the demo: a pipeline across many token expiries, tokenward vs a hand-made refresher.
-
-    \b
-    Example:
-      tokenward demo
-    """
-    from . import demo as demo_module
-
-    sys.exit(demo_module.main(list(ctx.args)))
 
 
 cli.add_command(rekey)  # `tokenward rekey` lives in cli_rekey.py (encryption at rest)

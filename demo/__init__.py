@@ -1,4 +1,4 @@
-"""`make demo` / `python -m tokenward.demo`: tokenward against the hand-made refresher teams
+"""`make demo` / `python -m demo`: tokenward against the hand-made refresher teams
 ship, side by side, as a pipeline of real processes and threads.
 
 Why this exists: "refresh on 401 with a cooldown" looks fine in one process and fails once
@@ -104,7 +104,7 @@ def refresh_tolerance(expiries: int) -> int:
     """How far the refresh count may be from the expiries crossed: one, except on runs long
     enough for the early refresh to add up (refreshing at 95% of the lifetime makes up to
     1/0.95 refreshes per expiry)."""
-    from ..manager import RefreshPolicy
+    from tokenward.manager import RefreshPolicy
 
     window = RefreshPolicy().window_fraction
     return max(1, math.ceil(expiries * window / (1 - window) - 1e-9))
@@ -274,7 +274,7 @@ def live_progress(quiet: bool) -> Iterator[Any]:
 # -- command line -------------------------------------------------------------------------------
 def _parser(defaults: DemoConfig) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tokenward.demo",
+        prog="python -m demo",
         description="tokenward vs the hand-made token refresher, against the provider emulator.",
     )
     parser.add_argument("--duration", type=float, default=defaults.duration, help="act 1, s")
@@ -321,9 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import requests  # noqa: F401
         from rich.console import Console
     except ImportError as exc:
-        print(
-            f"the demo needs the demo extra: pip install 'tokenward[demo]' ({exc})", file=sys.stderr
-        )
+        print(f"the demo needs the demo extra: pip install -e '.[demo]' ({exc})", file=sys.stderr)
         return 2
     config, args = parse_args(argv)
     with live_progress(args.quiet or args.json) as progress:

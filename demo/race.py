@@ -35,16 +35,19 @@ from typing import Any, Protocol
 import httpx2
 from dotenv import dotenv_values
 
-from ..manager import TokenManager
-from ..sources.oauth2 import RefreshTokenGrant
-from ..stores.dotenv import DotenvStore
-from ..testing.emulator import Emulator, Hold, fingerprint
-from ..testing.server import EmulatorServer
+from tokenward.manager import TokenManager
+from tokenward.sources.oauth2 import RefreshTokenGrant
+from tokenward.stores.dotenv import DotenvStore
+from tokenward.testing.emulator import Emulator, Hold, fingerprint
+from tokenward.testing.server import EmulatorServer
+
 from .workload import Schedule
 
 __all__ = ["Act", "ActResult", "DemoConfig", "Kill", "SideOutcome", "run_act", "run_both"]
 
 SIDES = ("tokenward", "hand-made")
+#: The directory holding the `demo` package (a clone of the repository).
+REPO = Path(__file__).resolve().parent.parent
 #: How the "after" code maps its credential onto the `.env` variables (withtokenward.py).
 CREDENTIAL = "orders"
 VARIABLES = {CREDENTIAL: {"access_token": "ACCESS_TOKEN", "refresh_token": "REFRESH_TOKEN"}}
@@ -207,13 +210,15 @@ class Side:
     def spawn(self, config: DemoConfig, duration: float) -> None:
         env = dict(os.environ)
         env |= {"REFRESH_COOLDOWN": repr(config.cooldown), "LEASE_TTL": repr(config.lease_ttl)}
+        # The processes run in their own directory: `demo` (not in the wheel) must stay found.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         (self.directory / "results").mkdir(parents=True)
         for index in range(config.processes):
             args = [self.name, index, config.threads, config.workers, config.rate, duration]
             log = (self.directory / f"process-{index}.log").open("w")
             self.processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "tokenward.demo.pipeline", *map(str, args)],
+                    [sys.executable, "-m", "demo.pipeline", *map(str, args)],
                     cwd=self.directory,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,

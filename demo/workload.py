@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import httpx2
 
-from ..rules import ExpiryRule
+from tokenward.rules import ExpiryRule
 
 __all__ = ["ML_EXPIRY_RULE", "NaiveApproach", "Schedule", "Tally"]
 

@@ -1,7 +1,7 @@
 """One process of the demo's pipeline: threads calling the orders API through one side's helpers
 (`handmade` or `withtokenward`), on the demo's fixed schedule.
 
-Run by the demo as `python -m tokenward.demo.pipeline SIDE INDEX THREADS WORKERS RATE DURATION`
+Run by the demo as `python -m demo.pipeline SIDE INDEX THREADS WORKERS RATE DURATION`
 in the side's directory. The process prints `ready` once its libraries are imported, waits for
 `go <start>` on stdin (a `time.monotonic()` instant, the same clock in every process), imports
 the side's helpers (which load `./.env`, written meanwhile), runs its threads, then writes
@@ -26,7 +26,7 @@ from typing import Any
 
 from .workload import Schedule
 
-SIDES = {"hand-made": "tokenward.demo.handmade", "tokenward": "tokenward.demo.withtokenward"}
+SIDES = {"hand-made": "demo.handmade", "tokenward": "demo.withtokenward"}
 #: What each side's helpers import, loaded while the demo waits for every process to start.
 PRELOAD = {
     "hand-made": ("requests", "dotenv"),

@@ -1,7 +1,0 @@
-"""`python -m tokenward.demo` (what `make demo` runs)."""
-
-import sys
-
-from . import main
-
-sys.exit(main())
