@@ -32,7 +32,7 @@ from tokenward.broker.config import load_broker, new_key
 from tokenward.testing import TEST_API_KEY, TEST_CLIENT_ID, TEST_CLIENT_SECRET
 from tokenward.testing.emulator import Emulator
 from tokenward.testing.server import EmulatorServer
-from tokenward.token import fingerprint
+from tokenward.token import Token, fingerprint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -323,6 +323,18 @@ def test_token_vending_allowed_and_denied(env: Env) -> None:
     assert denied.status_code == 403 and "may not receive tokens" in denied.json()["reason"]
     other = env.http.post("/v1/credentials/other/token", headers=env.headers())
     assert other.status_code == 403
+
+
+def test_vended_token_carries_no_refresh_token(env: Env) -> None:
+    """The broker vends what the manager serves: a `Token`, which has no refresh token."""
+    answer = env.http.post("/v1/credentials/api/token", headers=env.headers())
+    assert answer.status_code == 200
+    record = env.manager().store.load("api")
+    assert record is not None and record.refresh_token
+    assert "refresh_token" not in answer.json() and record.refresh_token not in answer.text
+    served = env.manager().token()
+    assert served.access_token == answer.json()["token"]
+    assert type(served) is Token and not hasattr(served, "refresh_token")
 
 
 def test_vending_a_session_scoped_credential_mints_every_call(env: Env) -> None:

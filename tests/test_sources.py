@@ -31,11 +31,11 @@ from tokenward.sources import (
     FunctionSource,
     RefreshTokenGrant,
 )
-from tokenward.sources.base import MAX_EXPIRES_IN, parse_retry_after
-from tokenward.stores import MemoryStore, Record
+from tokenward.sources.base import MAX_EXPIRES_IN, PriorGrant, parse_retry_after
+from tokenward.stores import MemoryStore
 from tokenward.testing import TEST_API_KEY, TEST_CLIENT_ID, TEST_CLIENT_SECRET
 from tokenward.testing.server import EmulatorServer
-from tokenward.token import Token
+from tokenward.token import Grant, Token
 from tokenward.transport import HttpRequest, HttpResponse
 
 TOKEN_URL = "https://provider.example/oauth/token"
@@ -82,8 +82,8 @@ def basic_pair(request: HttpRequest) -> tuple[str, str]:
     return unquote(user), unquote(password)
 
 
-def seeded(refresh: str = REFRESH) -> Record:
-    return Record(CRED, version=3, refresh_token=refresh)
+def seeded(refresh: str = REFRESH) -> PriorGrant:
+    return PriorGrant(CRED, refresh_token=refresh)
 
 
 def grant(**kwargs: Any) -> RefreshTokenGrant:
@@ -139,7 +139,7 @@ def test_special_characters_in_secret_body() -> None:
 
 def test_refresh_request_needs_a_refresh_token() -> None:
     with pytest.raises(CredentialNotSeeded, match=CRED):
-        grant().build_request(Record(CRED, version=1, access_token="only-access"))
+        grant().build_request(PriorGrant(CRED))
     with pytest.raises(CredentialNotSeeded):
         grant().build_request(None)
 
@@ -420,8 +420,13 @@ def test_api_key_exchange_against_the_emulator(tokenward_emulator: EmulatorServe
 def test_function_source_normalizes_results() -> None:
     source = FunctionSource(lambda current: "x")
     assert not source.is_async
-    as_token = Token("given", expires_at=NOW + 5)
-    assert source.parse_result(as_token, CRED) is as_token
+    as_grant = Grant("given", expires_at=NOW + 5, refresh_token="r")
+    assert source.parse_result(as_grant, CRED) is as_grant
+    as_token = Token("given", expires_at=NOW + 5, obtained_at=NOW)
+    assert source.parse_result(as_token, CRED) == Grant(
+        "given", expires_at=NOW + 5, obtained_at=NOW
+    )
+    assert source.parse_result(as_token, CRED).token() == as_token
     plain = source.parse_result("plain-token", CRED, received_at=NOW)
     assert plain.access_token == "plain-token" and plain.expires_at is None
     mapped = source.parse_result(

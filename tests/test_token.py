@@ -1,4 +1,5 @@
-"""The `Token` value object: expiry sources, fingerprint, redaction, header value."""
+"""The `Token` and `Grant` value objects: expiry sources, fingerprint, redaction, header value,
+and that a served token carries no refresh token."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from tokenward.token import Token, fingerprint, jwt_expiry
+from tokenward.token import Grant, Token, fingerprint, jwt_expiry
 
 ACCESS = "APP_USR-8f3k2-very-secret-access"
 REFRESH = "TG-61c0ffee-very-secret-refresh"
@@ -94,7 +95,7 @@ def test_fingerprint_is_a_short_sha256_prefix() -> None:
 
 @pytest.mark.parametrize("expires_in", [None, 3600])
 def test_repr_and_str_never_show_secrets(expires_in: float | None) -> None:
-    token = Token.from_response(
+    grant = Grant.from_response(
         ACCESS,
         expires_in=expires_in,
         refresh_token=REFRESH,
@@ -102,19 +103,39 @@ def test_repr_and_str_never_show_secrets(expires_in: float | None) -> None:
         extra={"id_token": "eyJ-secret-id-token"},
         version=7,
     )
-    for text in (repr(token), str(token), f"{token}", f"{token!r}", repr([token])):
-        assert ACCESS not in text
-        assert REFRESH not in text
-        assert "eyJ-secret-id-token" not in text
-        assert token.fingerprint in text
-        assert "version=7" in text
-        assert "refresh_token=yes" in text
+    for shown in (grant, grant.token()):
+        for text in (repr(shown), str(shown), f"{shown}", f"{shown!r}", repr([shown])):
+            assert ACCESS not in text
+            assert REFRESH not in text
+            assert "eyJ-secret-id-token" not in text
+            assert grant.fingerprint in text
+            assert "version=7" in text
+    assert "refresh_token=yes" in repr(grant)
+    assert "refresh_token" not in repr(grant.token())
+
+
+def test_a_served_token_has_no_refresh_token() -> None:
+    """The grant keeps the refresh token; the token made from it, for callers, has none."""
+    grant = Grant(ACCESS, expires_at=123.0, refresh_token=REFRESH, scope="s", version=4)
+    token = grant.token()
+    assert type(token) is Token and not hasattr(token, "refresh_token")
+    assert (token.access_token, token.expires_at, token.scope, token.version) == (
+        ACCESS,
+        123.0,
+        "s",
+        4,
+    )
+    assert token.authorization == grant.authorization == f"Bearer {ACCESS}"
+    with pytest.raises(TypeError):
+        Token(ACCESS, refresh_token=REFRESH)  # type: ignore[call-arg]
+    assert Grant.of(token, REFRESH).refresh_token == REFRESH
+    assert Grant.of(grant) is grant
 
 
 def test_evolve_keeps_redaction_and_changes_fields() -> None:
-    token = Token(ACCESS, refresh_token=REFRESH, version=1)
+    token = Grant(ACCESS, refresh_token=REFRESH, version=1)
     newer = token.evolve(version=2)
-    assert newer.version == 2 and newer.access_token == ACCESS
+    assert newer.version == 2 and newer.access_token == ACCESS and newer.refresh_token == REFRESH
     assert ACCESS not in repr(newer) and REFRESH not in repr(newer)
 
 

@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from .stores.encrypted import StoreDecryptionError
     from .stores.postgres import PostgresStore as PostgresStore
     from .stores.redis import RedisStore as RedisStore
-    from .token import Token
+    from .token import Grant, Token
 
 __version__ = "0.1.0"
 
@@ -89,6 +89,7 @@ _LAZY: dict[str, str] = {
     "ExpiryGuard": ".integrations.sdk",
     "ExpiryRule": ".rules",
     "FunctionSource": ".sources",
+    "Grant": ".token",
     "JsonFileStore": ".stores.file",
     "McpLoginRequired": ".integrations.mcp",
     "MemoryStore": ".stores.memory",
@@ -145,6 +146,7 @@ __all__ = [
     "ExpiryGuard",
     "ExpiryRule",
     "FunctionSource",
+    "Grant",
     "InlineSecretWarning",
     "JsonFileStore",
     "LeaseTimeout",

@@ -36,10 +36,10 @@ from .errors import (
     TransientError,
 )
 from .retry import RetryPolicy
-from .sources.base import HttpSource, Source
+from .sources.base import HttpSource, PriorGrant, Source
 from .sources.function import Called, FunctionSource, atimed, timed
 from .stores.base import Begun, Claim, InFlightMark, Record, Store
-from .token import Token, fingerprint
+from .token import Grant, Token, fingerprint
 from .transport import HttpRequest, send, send_async
 
 __all__ = ["FlowContext", "mint_flow", "refresh_flow", "run", "run_async"]
@@ -413,10 +413,10 @@ class _Rotated(Exception):
 
 def _fetch(
     source: Source, key: str, rec: Record | None, lease: Renew | None = None
-) -> Generator[Op, Any, Token]:
+) -> Generator[Op, Any, Grant]:
     """One attempt at the source (keeping `lease` alive while an HTTP request is in flight)."""
     if isinstance(source, HttpSource):
-        response = yield Http(source.build_request(rec), lease)
+        response = yield Http(source.build_request(_prior(rec)), lease)
         try:
             return source.parse_response(response, key)
         except MalformedTokenResponse as exc:
@@ -425,9 +425,16 @@ def _fetch(
                 raise _Rotated(exc, kept) from None
             raise
     if isinstance(source, FunctionSource):
-        called: Called = yield Invoke(source, rec.token() if rec else None)
+        called: Called = yield Invoke(source, rec.grant() if rec else None)
         return source.parse_result(called.value, key, received_at=called.started_at)
     raise TypeError(f"unsupported source {source!r}")
+
+
+def _prior(rec: Record | None) -> PriorGrant | None:
+    """What a source may build its request from, out of the stored record."""
+    if rec is None:
+        return None
+    return PriorGrant(rec.key, rec.refresh_token, dict(rec.extra))
 
 
 def _backoff(
@@ -455,7 +462,7 @@ def mint_flow(source: Source, key: str, retry: RetryPolicy) -> Flow:
     retries = 0
     while True:
         try:
-            return (yield from _fetch(source, key, None))
+            return (yield from _fetch(source, key, None)).token()
         except TransientError as exc:
             retries += 1
             yield from _backoff(retry, key, exc, retries, started)
@@ -572,7 +579,7 @@ def _kept_extra(source: Source, rec: Record) -> dict[str, Any]:
 
 
 def _commit(
-    ctx: FlowContext, rec: Record | None, grant: Token, started: float, lease: _Held
+    ctx: FlowContext, rec: Record | None, grant: Grant, started: float, lease: _Held
 ) -> Flow:
     """Invariant 2: the new record (with any rotated refresh token) is durably stored before
     the token is handed to anyone. A compare-and-set conflict (our lease expired while the

@@ -49,7 +49,7 @@ from .sources.authorization import (
 )
 from .sources.oauth2 import parse_token_response
 from .stores.base import Record, Store
-from .token import Token
+from .token import Grant
 from .transport import DEFAULT_TIMEOUT, HttpRequest, HttpResponse, send
 
 __all__ = [
@@ -169,7 +169,7 @@ def authorization_code(
     browser: bool = True,
     timeout: float = 300.0,
     credential: str = "login",
-) -> Token:
+) -> Grant:
     """A browser login: `on_url(url, redirect_uri)` is told the URL to open (and it is opened
     in a browser when `browser`), the redirect is awaited for `timeout` seconds on a loopback
     listener at `port`, its `state` checked and its code exchanged (with the PKCE verifier).
@@ -201,7 +201,7 @@ def device_code(
     scope: str | None = None,
     timeout: float = 300.0,
     credential: str = "login",
-) -> Token:
+) -> Grant:
     """A device login: `on_device(device)` is told the code to enter and where, then the token
     endpoint is polled at the provider's interval (slower when it says `slow_down`) until the
     person approves, refuses (`AuthorizationDenied`) or `timeout` seconds pass."""
@@ -212,7 +212,7 @@ def device_code(
     while time.monotonic() < deadline:
         time.sleep(max(interval, 0.1))  # the provider's poll interval (RFC 8628 3.5)
         answer = parse_device_poll(_http(client.device_poll_request(device)), credential)
-        if isinstance(answer, Token):
+        if isinstance(answer, Grant):
             return answer
         if answer == "slow_down":
             interval += 5
@@ -266,7 +266,7 @@ def _obtain(
     timeout: float,
     on_url: OnUrl,
     on_device: OnDevice,
-) -> Token:
+) -> Grant:
     """A fresh grant from the provider by the flow chosen (nothing stored yet)."""
     client = settings.oauth_client()
     scope = settings.settings.get("scope")

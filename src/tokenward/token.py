@@ -1,7 +1,12 @@
-"""The `Token` value object: an access token, its expiry and where it came from.
+"""The `Token` value object (an access token, its expiry and where it came from) and the `Grant`.
 
 A token is immutable. Its `repr` shows a fingerprint (the first hex digits of the SHA-256 of the
 access token), never the secret itself, so a token can be logged or shown in a traceback safely.
+
+Why two types: a `Grant` is what the provider answered, a token plus the refresh token that
+obtains the next one. Only sources, the refresh protocol and the stores handle grants; what
+callers are served (`TokenManager.token()`, `TokenAuth`, the broker) is a `Token`, which has no
+refresh token at all, so no caller can leak or spend it.
 """
 
 from __future__ import annotations
@@ -12,10 +17,10 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Self
 
-__all__ = ["Token", "fingerprint", "jwt_expiry"]
+__all__ = ["Grant", "Token", "fingerprint", "jwt_expiry"]
 
 FINGERPRINT_LENGTH = 12
 
@@ -58,7 +63,6 @@ class Token:
     access_token: str = field(repr=False)
     token_type: str = "Bearer"
     expires_at: float | None = None
-    refresh_token: str | None = field(default=None, repr=False)
     scope: str | None = None
     obtained_at: float = field(default_factory=time.time)
     version: int = 0
@@ -73,7 +77,7 @@ class Token:
         expires_in: float | None = None,
         received_at: float | None = None,
         **fields: Any,
-    ) -> Token:
+    ) -> Self:
         """Build a token whose expiry comes from `expires_in` (relative to `received_at`),
         else from the JWT `exp` claim of the access token, else stays unknown."""
         received = time.time() if received_at is None else received_at
@@ -119,7 +123,7 @@ class Token:
         kind = "Bearer" if self.token_type.lower() == "bearer" else self.token_type
         object.__setattr__(self, "_authorization", f"{kind} {self.access_token}")
 
-    def evolve(self, **changes: Any) -> Token:
+    def evolve(self, **changes: Any) -> Self:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
@@ -128,8 +132,41 @@ class Token:
         expiry = "unknown" if left is None else f"{left:.0f}s"
         return (
             f"Token(fingerprint={self.fingerprint!r}, type={self.token_type!r}, "
-            f"expires_in={expiry}, version={self.version}, "
-            f"refresh_token={'yes' if self.refresh_token else 'no'})"
+            f"expires_in={expiry}, version={self.version})"
         )
 
     __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Grant(Token):
+    """What the provider granted: a token plus, for refreshable credentials, the refresh token
+    that obtains the next one. Sources return grants, the refresh protocol stores them; callers
+    are served `grant.token()`, never the grant. A function source receives the current grant
+    (it may run its own refresh); as it is a `Token` too, a function written for tokens works."""
+
+    refresh_token: str | None = field(default=None, repr=False, kw_only=True)
+
+    @classmethod
+    def of(cls, token: Token, refresh_token: str | None = None) -> Grant:
+        """`token` as a grant carrying `refresh_token` (a grant already is one: as it is)."""
+        if isinstance(token, Grant) and refresh_token is None:
+            return token
+        return cls(**_copied(token, Token), refresh_token=refresh_token)
+
+    def token(self) -> Token:
+        """The token to serve: this grant without its refresh token."""
+        return Token(**_copied(self, Token))
+
+    def __repr__(self) -> str:
+        served = Token.__repr__(self).removeprefix("Token(").removesuffix(")")
+        return f"Grant({served}, refresh_token={'yes' if self.refresh_token else 'no'})"
+
+    __str__ = __repr__
+
+
+def _copied(token: Token, kind: type[Token]) -> dict[str, Any]:
+    """The constructor arguments of `kind` taken from `token` (`extra` copied, not shared)."""
+    values = {f.name: getattr(token, f.name) for f in fields(kind) if f.init}
+    values["extra"] = dict(token.extra)
+    return values

@@ -65,6 +65,7 @@ except ImportError as exc:  # pragma: no cover - the `mcp` extra is optional
 from .. import events
 from ..errors import ReauthorizationRequired, TokenwardError
 from ..manager import TokenManager
+from ..sources.base import PriorGrant
 from ..sources.oauth2 import ClientAuth, RefreshTokenGrant
 from ..stores.base import Record, Store
 from .httpx import TokenAuth
@@ -125,7 +126,7 @@ class McpRegistration:
     client_secret: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_record(cls, record: Record | None) -> McpRegistration | None:
+    def from_record(cls, record: Record | PriorGrant | None) -> McpRegistration | None:
         data = record.extra.get(MCP_EXTRA) if record is not None else None
         if not isinstance(data, dict) or not isinstance(data.get("server_url"), str):
             return None
@@ -279,9 +280,9 @@ class McpRefreshGrant(RefreshTokenGrant):
     server_url: str = ""
     kept_extra = frozenset({MCP_EXTRA, MCP_SECRET_EXTRA})
 
-    def build_request(self, record: Record | None) -> Any:
-        registration = McpRegistration.from_record(record)
-        key = record.key if record is not None else "?"
+    def build_request(self, prior: PriorGrant | None) -> Any:
+        registration = McpRegistration.from_record(prior)
+        key = prior.key if prior is not None else "?"
         if registration is None or registration.client_id is None:
             raise McpLoginRequired(
                 key, self.server_url, "the stored grant carries no MCP client registration"
@@ -306,7 +307,7 @@ class McpRefreshGrant(RefreshTokenGrant):
             client_auth=_CLIENT_AUTH[method],
             extra_params={"resource": registration.resource} if registration.resource else {},
         )
-        return RefreshTokenGrant.build_request(configured, record)
+        return RefreshTokenGrant.build_request(configured, prior)
 
     def describe(self) -> str:
         return f"McpRefreshGrant({self.server_url or 'registration stored with the grant'})"

@@ -15,10 +15,9 @@ from typing import Any
 
 from ..errors import MalformedTokenResponse
 from ..jsonpath import MISSING, lookup
-from ..stores.base import Record
-from ..token import Token
+from ..token import Grant
 from ..transport import HttpRequest, HttpResponse
-from .base import HttpSource, check_expires_in, json_body, raise_for_error
+from .base import HttpSource, PriorGrant, check_expires_in, json_body, raise_for_error
 
 __all__ = ["ApiKeyExchange"]
 
@@ -41,7 +40,7 @@ class ApiKeyExchange(HttpSource):
     token_type: str = "Bearer"
     extra_headers: Mapping[str, str] = field(default_factory=dict)
 
-    def build_request(self, record: Record | None) -> HttpRequest:
+    def build_request(self, prior: PriorGrant | None) -> HttpRequest:
         headers = {"Accept": "application/json", **self.extra_headers}
         headers[self.header] = self.prefix + self.api_key
         body = None
@@ -50,7 +49,7 @@ class ApiKeyExchange(HttpSource):
             body = json.dumps(self.json_body).encode()
         return HttpRequest(self.method, self.url, headers, body)
 
-    def parse_response(self, response: HttpResponse, credential: str) -> Token:
+    def parse_response(self, response: HttpResponse, credential: str) -> Grant:
         raise_for_error(
             response,
             credential,
@@ -72,7 +71,7 @@ class ApiKeyExchange(HttpSource):
                 expires_in = self._until(value, response.lifetime_start, credential)
         if expires_in is None:
             expires_in = self.default_lifetime
-        return Token.from_response(
+        return Grant.from_response(
             token,
             expires_in=expires_in,
             received_at=response.lifetime_start,

@@ -21,7 +21,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from ..errors import AuthorizationDenied, MalformedTokenResponse
 from ..redact import scrub
-from ..token import Token
+from ..token import Grant
 from ..transport import HttpRequest, HttpResponse
 from .oauth2 import ClientAuth, _OAuth2Client, parse_token_response
 
@@ -124,7 +124,7 @@ class OAuthClient(_OAuth2Client):
     device_authorization_url: str | None = None
     revocation_url: str | None = None
 
-    def build_request(self, record: Any) -> HttpRequest:  # pragma: no cover - not a source
+    def build_request(self, prior: Any) -> HttpRequest:  # pragma: no cover - not a source
         raise NotImplementedError("OAuthClient is not a refresh source")
 
     def code_request(self, code: str, redirect_uri: str, pkce: Pkce) -> HttpRequest:
@@ -206,8 +206,8 @@ def parse_device_authorization(response: HttpResponse, credential: str) -> Devic
     )
 
 
-def parse_device_poll(response: HttpResponse, credential: str) -> Token | str:
-    """A token once approved; "pending" or "slow_down" while waiting (RFC 8628 3.5)."""
+def parse_device_poll(response: HttpResponse, credential: str) -> Grant | str:
+    """A grant once approved; "pending" or "slow_down" while waiting (RFC 8628 3.5)."""
     if response.status == 400:
         payload = _json_object(response, credential)
         error = payload.get("error")

@@ -1,11 +1,12 @@
 """What a source is, and how token endpoint answers are classified.
 
 A source knows how to obtain a token; it never does I/O itself. An `HttpSource` builds an
-`HttpRequest` from the credential's current record and parses the `HttpResponse`; a
-`FunctionSource` wraps user code. The refresh flow (`tokenward.flow`) runs them through a sync
-or an async driver, so both kinds of callers share one implementation.
+`HttpRequest` from the previous grant (`PriorGrant`: the stored refresh token and `extra`) and
+parses the `HttpResponse` into a `Grant`; a `FunctionSource` wraps user code. The refresh flow
+(`tokenward.flow`) runs them through a sync or an async driver, so both kinds of callers share
+one implementation.
 
-Every answer falls into one of four classes: a token; a permanent refusal
+Every answer falls into one of four classes: a grant; a permanent refusal
 (`ReauthorizationRequired`); a transient failure worth retrying (`TransientError`); or a malformed
 answer (`MalformedTokenResponse`) naming the field at fault.
 """
@@ -17,6 +18,8 @@ import json
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import (
@@ -26,14 +29,14 @@ from ..errors import (
     TransientError,
 )
 from ..redact import request_secrets, scrub
-from ..stores.base import Record
-from ..token import Token
+from ..token import Grant
 from ..transport import HttpRequest, HttpResponse
 
 __all__ = [
     "MAX_EXPIRES_IN",
     "PERMANENT_ERRORS",
     "HttpSource",
+    "PriorGrant",
     "Source",
     "check_expires_in",
     "json_body",
@@ -46,6 +49,18 @@ PERMANENT_ERRORS = frozenset({"invalid_grant", "invalid_client", "unauthorized_c
 
 #: Longest `expires_in` we believe (10 years); beyond that the provider sent nonsense.
 MAX_EXPIRES_IN = 10 * 365 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class PriorGrant:
+    """What a source may build its request from: the credential's stored refresh token and the
+    configuration kept beside the grant (`extra`: an MCP client's registration, its token
+    endpoint). Its own small type, not the store's record: a source needs no version, lease
+    state or bookkeeping, and must not depend on how a store keeps them."""
+
+    key: str
+    refresh_token: str | None = field(default=None, repr=False)
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 class Source:
@@ -72,12 +87,13 @@ class HttpSource(Source, ABC):
     """A source that talks to a token endpoint over HTTP (sans-I/O)."""
 
     @abstractmethod
-    def build_request(self, record: Record | None) -> HttpRequest:
-        """The request that obtains a new token, given the current record (maybe None)."""
+    def build_request(self, prior: PriorGrant | None) -> HttpRequest:
+        """The request that obtains a new token, given the previous grant (None: there is no
+        stored record yet)."""
 
     @abstractmethod
-    def parse_response(self, response: HttpResponse, credential: str) -> Token:
-        """The token in `response`, or a classified error."""
+    def parse_response(self, response: HttpResponse, credential: str) -> Grant:
+        """The grant in `response` (with any refresh token), or a classified error."""
 
     def rotated_refresh_token(self, response: HttpResponse) -> str | None:
         """A refresh token in an answer `parse_response` refused as malformed. The provider may

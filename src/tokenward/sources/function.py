@@ -1,8 +1,10 @@
 """A source backed by user code: any sync or async callable that returns a token.
 
 Useful for providers with exotic flows (signed JWT assertions, vendor SDK logins). The callable
-receives the current `Token` (or None) and returns a `Token`, a token string, or a mapping shaped
-like an OAuth2 token response (`access_token`, `expires_in`, `refresh_token`, ...).
+receives the current grant (a `Grant`, which is a `Token` that also carries the stored refresh
+token, or None) and returns a `Token` (a `Grant` to hand back a refresh token), a token string,
+or a mapping shaped like an OAuth2 token response (`access_token`, `expires_in`,
+`refresh_token`, ...).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MalformedTokenResponse
-from ..token import Token
+from ..token import Grant, Token
 from .base import Source, check_expires_in
 
 __all__ = ["Called", "FunctionSource", "TokenFunction", "atimed", "timed"]
@@ -54,19 +56,19 @@ class FunctionSource(Source):
             getattr(fn, "__call__", None)  # noqa: B004 - async callable objects too
         )
 
-    def parse_result(self, value: Any, credential: str, received_at: float | None = None) -> Token:
-        """Normalize what the function returned into a `Token`."""
+    def parse_result(self, value: Any, credential: str, received_at: float | None = None) -> Grant:
+        """Normalize what the function returned into a `Grant`."""
         received = time.time() if received_at is None else received_at
         if isinstance(value, Token):
-            return value
+            return Grant.of(value)
         if isinstance(value, str) and value:
-            return Token.from_response(value, received_at=received)
+            return Grant.from_response(value, received_at=received)
         if isinstance(value, Mapping):
             access = value.get("access_token")
             if not isinstance(access, str) or not access:
                 raise MalformedTokenResponse(credential, "access_token", "missing or empty")
             extra = {k: v for k, v in value.items() if k not in _FIELDS}
-            return Token.from_response(
+            return Grant.from_response(
                 access,
                 expires_in=check_expires_in(value.get("expires_in"), credential),
                 received_at=received,

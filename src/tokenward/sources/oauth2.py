@@ -14,21 +14,20 @@ from typing import Literal
 from urllib.parse import quote, urlencode
 
 from ..errors import CredentialNotSeeded, MalformedTokenResponse
-from ..stores.base import Record
-from ..token import Token
+from ..token import Grant
 from ..transport import HttpRequest, HttpResponse
-from .base import HttpSource, check_expires_in, json_body, raise_for_error
+from .base import HttpSource, PriorGrant, check_expires_in, json_body, raise_for_error
 
 __all__ = ["ClientAuth", "ClientCredentialsGrant", "RefreshTokenGrant", "parse_token_response"]
 
 ClientAuth = Literal["basic", "body", "none"]
 
-# Response fields that are secrets or already modelled; everything else lands in Token.extra.
+# Response fields that are secrets or already modelled; everything else lands in Grant.extra.
 _KNOWN = {"access_token", "token_type", "expires_in", "refresh_token", "scope"}
 
 
-def parse_token_response(response: HttpResponse, credential: str) -> Token:
-    """A `Token` from an RFC 6749 section 5.1 answer, or a classified error."""
+def parse_token_response(response: HttpResponse, credential: str) -> Grant:
+    """A `Grant` from an RFC 6749 section 5.1 answer, or a classified error."""
     raise_for_error(response, credential)
     payload = json_body(response, credential)
     if not isinstance(payload, dict):
@@ -43,7 +42,7 @@ def parse_token_response(response: HttpResponse, credential: str) -> Token:
     if refresh is not None and (not isinstance(refresh, str) or not refresh):
         raise MalformedTokenResponse(credential, "refresh_token", "expected a non-empty string")
     scope = payload.get("scope")
-    return Token.from_response(
+    return Grant.from_response(
         access.strip(),
         expires_in=check_expires_in(payload.get("expires_in"), credential),
         received_at=response.lifetime_start,
@@ -80,7 +79,7 @@ class _OAuth2Client(HttpSource):
                 form["client_secret"] = self.client_secret
         return HttpRequest("POST", self.token_url, headers, urlencode(form).encode())
 
-    def parse_response(self, response: HttpResponse, credential: str) -> Token:
+    def parse_response(self, response: HttpResponse, credential: str) -> Grant:
         return parse_token_response(response, credential)
 
     def rotated_refresh_token(self, response: HttpResponse) -> str | None:
@@ -107,10 +106,10 @@ class RefreshTokenGrant(_OAuth2Client):
     rotating: bool = True
     needs_record = True
 
-    def build_request(self, record: Record | None) -> HttpRequest:
-        if record is None or not record.refresh_token:
-            raise CredentialNotSeeded(record.key if record else "?")
-        params = {"grant_type": "refresh_token", "refresh_token": record.refresh_token}
+    def build_request(self, prior: PriorGrant | None) -> HttpRequest:
+        if prior is None or not prior.refresh_token:
+            raise CredentialNotSeeded(prior.key if prior else "?")
+        params = {"grant_type": "refresh_token", "refresh_token": prior.refresh_token}
         if self.scope:
             params["scope"] = self.scope
         return self._request(params)
@@ -123,7 +122,7 @@ class ClientCredentialsGrant(_OAuth2Client):
     scope: str | None = None
     audience: str | None = None
 
-    def build_request(self, record: Record | None) -> HttpRequest:
+    def build_request(self, prior: PriorGrant | None) -> HttpRequest:
         params = {"grant_type": "client_credentials"}
         if self.scope:
             params["scope"] = self.scope

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from ..errors import StoreCorrupted, StoreError
-from ..token import Token, fingerprint
+from ..token import Grant, Token, fingerprint
 
 __all__ = ["SEALED_PREFIX", "Record", "State", "record_from_data"]
 
@@ -53,10 +53,17 @@ class Record:
         return replace(self, version=self.version + 1, updated_at=time.time(), **changes)
 
     def token(self) -> Token | None:
-        """The access token this record holds, or None when it holds none."""
+        """The access token this record holds, as served to callers (no refresh token), or None
+        when it holds none."""
+        grant = self.grant()
+        return None if grant is None else grant.token()
+
+    def grant(self) -> Grant | None:
+        """The grant this record holds (the access token with the refresh token), or None when
+        it holds no access token. For the refresh protocol and sources, never for callers."""
         if not self.access_token:
             return None
-        return Token(
+        return Grant(
             self.access_token,
             token_type=self.token_type,
             expires_at=self.expires_at,
