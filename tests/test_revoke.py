@@ -14,9 +14,9 @@ import pytest
 from tokenward.errors import ReauthorizationRequired
 from tokenward.manager import TokenManager
 from tokenward.retry import RetryPolicy
-from tokenward.revocation import ATTEMPTS, RevocationConflict, revoke_stored
 from tokenward.sources import RefreshTokenGrant
 from tokenward.sources.authorization import OAuthClient, make_client
+from tokenward.stored_grant import ATTEMPTS, RevocationConflict, revoke_stored
 from tokenward.stores import SQLiteStore
 from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET
 from tokenward.testing.server import EmulatorServer

@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from .integrations.sdk import ExpiryGuard
     from .manager import RefreshPolicy, TokenManager
     from .retry import RetryPolicy
-    from .revocation import RevocationConflict
     from .rules import ExpiryRule
     from .sessions import Sessions
     from .sources import (
@@ -62,6 +61,7 @@ if TYPE_CHECKING:
         RefreshTokenGrant,
         Source,
     )
+    from .stored_grant import RevocationConflict
     from .stores import (
         DotenvStore,
         EncryptedStore,
@@ -98,7 +98,7 @@ _LAZY: dict[str, str] = {
     "RefreshPolicy": ".manager",
     "RefreshTokenGrant": ".sources",
     "RetryPolicy": ".retry",
-    "RevocationConflict": ".revocation",
+    "RevocationConflict": ".stored_grant",
     "SQLiteStore": ".stores.sqlite",
     "Sessions": ".sessions",
     "Source": ".sources",

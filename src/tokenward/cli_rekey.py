@@ -15,7 +15,8 @@ from pathlib import Path
 
 import click
 
-from .config import CONFIG_ENV, ConfigError, CredentialConfig, load_config
+from .cli_base import config_option
+from .config import ConfigError, CredentialConfig, load_config
 from .stores.base import Store
 from .stores.encrypted import EncryptedStore
 
@@ -30,13 +31,7 @@ __all__ = ["rekey"]
     help="Delete records that fail authentication (tampered); they then need a new login. "
     "Records encrypted with a key that is not configured are kept.",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help=f"Configuration file (default: ${CONFIG_ENV}, ./tokenward.toml, user config dir).",
-)
+@config_option  # the shared --config (cli_base): before or after the command
 def rekey(dry_run: bool, delete_unreadable: bool, config_path: Path | None) -> None:
     """Re-encrypt every record of the configured stores with the current (first) key.
 

@@ -11,6 +11,8 @@ as `tokenward login`, which only parses its options and prints what these functi
 - `device_code()`: a headless login (a code entered on another device, RFC 8628).
 - `login()`: one of the two for a configured credential, the grant stored with
   `TokenManager.seed` (a new login clears `needs_reauth`).
+- `revoke()`: the reverse for a configured credential (`TokenManager.revoke`, or with
+  `local=True` only the stored tokens forgotten).
 
     from tokenward.login import login
 
@@ -36,7 +38,6 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx2
 
 from .config import Config, ConfigError, CredentialConfig, load_config
-from .revocation import revoke_stored
 from .sources.authorization import (
     AuthorizationDenied,
     DeviceAuthorization,
@@ -48,6 +49,7 @@ from .sources.authorization import (
     parse_device_poll,
 )
 from .sources.oauth2 import parse_token_response
+from .stored_grant import revoke_stored
 from .stores.base import Record, Store
 from .token import Grant
 from .transport import DEFAULT_TIMEOUT, HttpRequest, HttpResponse, send

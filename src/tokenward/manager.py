@@ -33,10 +33,10 @@ from . import events
 from .errors import ManagerClosed, SessionScoped
 from .flow import FlowContext, refresh_flow, run, run_async
 from .retry import RetryPolicy
-from .revocation import revoke_stored
 from .rules import ExpiryRule
 from .sources.authorization import OAuthClient
 from .sources.base import Source
+from .stored_grant import revoke_stored, seed_stored
 from .stores.base import Record, Store
 from .token import Token
 from .transport import DEFAULT_TIMEOUT, longest_request
@@ -196,23 +196,16 @@ class TokenManager:
         `needs_reauth` state. The next `token()` uses it."""
         if self.session_scoped:
             raise SessionScoped(self.key)
-        now = time.time()
-        while True:
-            current = self.store.load(self.key) or Record(self.key)
-            new = current.successor(
-                access_token=access_token,
-                token_type=token_type,
-                expires_at=None if expires_in is None else now + expires_in,
-                refresh_token=refresh_token or current.refresh_token,
-                scope=scope or current.scope,
-                obtained_at=now,
-                state="ok",
-                last_error=None,
-            )
-            if self.store.compare_and_set(new, current.version):
-                break
+        new = seed_stored(
+            self.store,
+            self.key,
+            refresh_token=refresh_token,
+            access_token=access_token,
+            expires_in=expires_in,
+            token_type=token_type,
+            scope=scope,
+        )
         self._hot = None
-        events.emit("token.seeded", self.key, version=new.version)
         return new
 
     def revoke(self, client: OAuthClient | None = None, *, via: str = "") -> Record | None:
@@ -220,7 +213,7 @@ class TokenManager:
         7009; None: only forget the tokens here) and store the record without tokens, state
         `needs_reauth`; the next `token()` raises `ReauthorizationRequired` until a new login.
         A refresh that lands meanwhile has its new tokens revoked too, by compare-and-set
-        (`tokenward.revocation`). Returns the stored record, or None when nothing was stored."""
+        (`tokenward.stored_grant`). Returns the stored record, or None when nothing was stored."""
         flight = self._flight
         if flight is not None and not self._led_on_this_loop():
             # A refresh in flight here lands first, so the hot token is not set after this.

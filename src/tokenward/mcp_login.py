@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .config import Config
@@ -23,6 +24,9 @@ from .login import CallbackListener, open_browser
 from .sources.authorization import AuthorizationDenied
 from .stores.base import Record, Store
 from .token import fingerprint
+
+if TYPE_CHECKING:
+    from mcp.shared.auth import AuthorizationCodeResult
 
 __all__ = ["is_server_url", "login", "mcp_target", "summary"]
 
@@ -74,7 +78,6 @@ def login(
     timeout: float = 300.0,
 ) -> Record:
     """Log in to the MCP server at `server_url` and store the grant under `name` in `store`."""
-    from mcp.shared.auth import AuthorizationCodeResult
 
     from .integrations.mcp import McpOAuth, default_client_metadata
 
@@ -90,16 +93,7 @@ def login(
         )
 
     async def callback_handler() -> AuthorizationCodeResult:
-        query = await listener.await_callback(timeout)
-        if query.get("error"):
-            detail = query.get("error_description")
-            raise AuthorizationDenied(
-                f"the authorization server refused the login: {query['error']}"
-                + (f" ({detail})" if detail else "")
-            )
-        return AuthorizationCodeResult(
-            code=query.get("code", ""), state=query.get("state"), iss=query.get("iss")
-        )
+        return _code_result(await listener.await_callback(timeout))
 
     auth = McpOAuth(
         server_url,
@@ -118,9 +112,7 @@ def login(
 
     try:
         return asyncio.run(run())
-    except AuthorizationDenied:
-        raise
-    except TokenwardError:
+    except TokenwardError:  # AuthorizationDenied included
         raise
     except Exception as exc:  # the SDK's OAuthFlowError & co: say what failed, no traceback
         # Only the SDK's summary: what follows its first ": " may quote the server's answer or
@@ -129,6 +121,21 @@ def login(
         raise AuthorizationDenied(f"the MCP login failed: {type(exc).__name__}: {what}") from None
     finally:
         listener.close()
+
+
+def _code_result(query: dict[str, str]) -> AuthorizationCodeResult:
+    """The redirect's query as the SDK wants it; an error redirect raises `AuthorizationDenied`."""
+    from mcp.shared.auth import AuthorizationCodeResult
+
+    if query.get("error"):
+        detail = query.get("error_description")
+        raise AuthorizationDenied(
+            f"the authorization server refused the login: {query['error']}"
+            + (f" ({detail})" if detail else "")
+        )
+    return AuthorizationCodeResult(
+        code=query.get("code", ""), state=query.get("state"), iss=query.get("iss")
+    )
 
 
 def summary(name: str, record: Record) -> str:

@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
 
@@ -55,7 +55,17 @@ from .sources.base import Source
 from .stores.base import DUE_FRACTION, DUE_MAX, Record, Store, due_time
 from .transport import DEFAULT_TIMEOUT, longest_request
 
-__all__ = ["KEEPALIVE_AFTER", "AsyncRefresher", "Lateness", "Refresher", "RefresherStats"]
+if TYPE_CHECKING:
+    from .config import Config, CredentialConfig
+
+__all__ = [
+    "KEEPALIVE_AFTER",
+    "AsyncRefresher",
+    "ConfiguredRefreshers",
+    "Lateness",
+    "Refresher",
+    "RefresherStats",
+]
 
 #: Default keep-alive period: a credential idle this long is refreshed anyway.
 KEEPALIVE_AFTER = 30 * 86400.0
@@ -434,3 +444,91 @@ class Refresher:
                     self.store.schedule(key, self.due_at(record))
                     count += 1
         return count
+
+
+def _sources_by_name(members: list[CredentialConfig]) -> Callable[[str], Source | None]:
+    """`source_for_key` for configured credentials: keys `NAME` and `NAME:anything` use
+    credential NAME's source, built on first use (an idle credential's secret may be unset)."""
+    by_name = {settings.name: settings for settings in members}
+    cache: dict[str, Source] = {}
+
+    def source_for_key(key: str) -> Source | None:
+        name = key.split(":", 1)[0]
+        if name not in by_name:
+            return None
+        if name not in cache:
+            cache[name] = by_name[name].source()
+        return cache[name]
+
+    return source_for_key
+
+
+class ConfiguredRefreshers:
+    """Refreshers for the credentials of a configuration (what `tokenward refresher` runs):
+    one `Refresher` per store, each on its own thread. `names` picks credentials (default:
+    all); `options` go to every `Refresher` (`concurrency`, `keepalive_after`, `claim_ttl`...).
+
+        with ConfiguredRefreshers(tokenward.config.load_config()) as refreshers:
+            refreshers.run(stop_event)
+        print(refreshers.totals())
+    """
+
+    def __init__(self, config: Config, names: Iterable[str] = (), **options: Any) -> None:
+        chosen = [config.credential_config(name) for name in names]
+        chosen = chosen or list(config.credentials.values())
+        self.credentials = [settings.name for settings in chosen]
+        groups: dict[int, list[CredentialConfig]] = {}
+        for settings in chosen:
+            groups.setdefault(id(config.store_for(settings)), []).append(settings)
+        #: (refresher, the credential names it serves), one per store.
+        self.refreshers = [
+            (
+                Refresher(config.store_for(members[0]), _sources_by_name(members), **options),
+                sorted(settings.name for settings in members),
+            )
+            for members in groups.values()
+        ]
+
+    def backfill(self) -> list[tuple[int, list[str]]]:
+        """Queue every record already stored (`Refresher.backfill`): (count, names) per store."""
+        return [(worker.backfill(names), names) for worker, names in self.refreshers]
+
+    def run(self, stop: threading.Event, duration: float | None = None) -> None:
+        """Run until `stop` is set, `duration` passes or every refresher ends. Waits in short
+        joins so the calling (main) thread still gets Ctrl-C; any exit sets `stop` and waits
+        for the refreshes in flight to be stored (their answers may carry the only valid
+        refresh tokens)."""
+        threads = [
+            threading.Thread(target=worker.run, args=(stop, duration), daemon=True)
+            for worker, _names in self.refreshers
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while any(thread.is_alive() for thread in threads):
+                for thread in threads:
+                    thread.join(timeout=0.5)
+        finally:
+            stop.set()
+            for thread in threads:  # the drain: refreshes in flight reach the store
+                while thread.is_alive():
+                    thread.join(timeout=0.5)
+
+    def totals(self) -> dict[str, int]:
+        """Every refresher's `RefresherStats`, added up."""
+        totals: dict[str, int] = {}
+        for worker, _names in self.refreshers:
+            for name, value in worker.stats.snapshot().items():
+                totals[name] = totals.get(name, 0) + value
+        return totals
+
+    def close(self) -> None:
+        """Stop every refresher (`Refresher.close`); the stores stay open."""
+        for worker, _names in self.refreshers:
+            worker.close()
+
+    def __enter__(self) -> ConfiguredRefreshers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

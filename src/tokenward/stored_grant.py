@@ -1,15 +1,15 @@
-"""Revoking a credential's stored grant: at the provider (RFC 7009) when it can, then in the
-store, where the record is cleared and marked `needs_reauth` by compare-and-set.
+"""A credential's stored grant, written without a source (so without its client secret):
+`seed_stored` stores a grant obtained elsewhere (a login, an imported `.env`), `revoke_stored`
+revokes it at the provider (RFC 7009) when it can and clears the record to `needs_reauth`.
+`TokenManager.seed()` / `revoke()` use them; `tokenward import-env` and `revoke --local` use
+them directly (the client secret may not be exported yet, and neither needs it).
 
-Why the compare-and-set matters: a refresh (or a login) in another thread, process or machine
-may store new tokens between our read and our write. Writing blindly would lose nothing, but
-ignoring a failed write would leave those new tokens valid at the provider and in use while the
-caller believes the credential revoked. So a conflict is acted on: the fresh record is read,
-its tokens (which the provider has not seen revoked yet) are revoked in turn, and the write is
-tried again; after `ATTEMPTS` conflicts in a row `RevocationConflict` says so.
-
-`TokenManager.revoke()` is the entry point for a manager; `revoke_stored()` needs only the store
-(no source, so no client secret for a local revocation), for `tokenward revoke --local`.
+Both write by compare-and-set. Why that matters for a revocation: a refresh (or a login) in
+another thread, process or machine may store new tokens between our read and our write.
+Ignoring the failed write would leave those new tokens valid at the provider and in use while
+the caller believes the credential revoked. So a conflict is acted on: the fresh record is
+read, its tokens (which the provider has not seen revoked yet) are revoked in turn, and the
+write is tried again; after `ATTEMPTS` conflicts in a row `RevocationConflict` says so.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .stores.base import Record, Store
 from .token import fingerprint
 from .transport import DEFAULT_TIMEOUT, send
 
-__all__ = ["ATTEMPTS", "RevocationConflict", "revoke_stored"]
+__all__ = ["ATTEMPTS", "RevocationConflict", "revoke_stored", "seed_stored"]
 
 #: Compare-and-set attempts before `RevocationConflict` (each after a concurrent write).
 ATTEMPTS = 3
@@ -41,6 +41,38 @@ class RevocationConflict(TokenwardError):
             f"{credential}: the stored tokens changed {attempts} times while they were being "
             "revoked (a refresh or a login is running elsewhere); stop it and revoke again"
         )
+
+
+def seed_stored(
+    store: Store,
+    key: str,
+    *,
+    refresh_token: str | None = None,
+    access_token: str | None = None,
+    expires_in: float | None = None,
+    token_type: str = "Bearer",
+    scope: str | None = None,
+) -> Record:
+    """Store a fresh grant for `key` and clear any `needs_reauth` state; returns the stored
+    record. A refresh token or scope not given keeps the stored one; `expires_in=0` stores
+    the access token as expired (its age unknown: the first use refreshes it). A concurrent
+    write only makes it write again on top of the fresh record: the new grant is the newest."""
+    now = time.time()
+    while True:
+        current = store.load(key) or Record(key)
+        new = current.successor(
+            access_token=access_token,
+            token_type=token_type,
+            expires_at=None if expires_in is None else now + expires_in,
+            refresh_token=refresh_token or current.refresh_token,
+            scope=scope or current.scope,
+            obtained_at=now,
+            state="ok",
+            last_error=None,
+        )
+        if store.compare_and_set(new, current.version):
+            events.emit("token.seeded", key, version=new.version)
+            return new
 
 
 def revoke_stored(
