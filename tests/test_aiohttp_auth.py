@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from clients_support import Events, make_manager
+from clients_support import Events
 
 from tokenward import TokenManager
 from tokenward.integrations.aiohttp import TokenMiddleware
@@ -18,27 +17,9 @@ from tokenward.testing.server import EmulatorServer
 
 
 @pytest.fixture
-def manager(tokenward_emulator: EmulatorServer) -> Iterator[TokenManager]:
-    with make_manager(tokenward_emulator) as manager:
-        yield manager
-
-
-@pytest.fixture
 async def session(manager: TokenManager) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(middlewares=(TokenMiddleware(manager),)) as session:
         yield session
-
-
-@pytest.fixture
-def events() -> Iterator[Events]:
-    handler = Events()
-    logger = logging.getLogger("tokenward")
-    logger.addHandler(handler)
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
 
 
 async def test_sets_the_bearer_header(

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from urllib.parse import quote, quote_plus
 import httpx2
 import pytest
 from broker_support import API_KEY_ENV, CLIENT_SECRET_ENV
+from servers import free_port, tokenward_command
 
 from tokenward.broker.config import hash_key, new_key
 from tokenward.config import load_config
@@ -110,20 +109,6 @@ def _echo_handler(echo: Echo) -> type[BaseHTTPRequestHandler]:
 
 
 # -- the broker process ----------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tokenward() -> list[str]:
-    script = Path(sys.executable).with_name("tokenward")
-    found = str(script) if script.exists() else shutil.which("tokenward")
-    if found is None:
-        pytest.fail("the `tokenward` command is not installed (pip install -e '.[all]')")
-    return [found]
-
-
 @dataclass
 class Env:
     url: str
@@ -237,11 +222,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 manager.close()
     finally:
         config.close()
-    port = _free_port()
+    port = free_port()
     log = tmp / "broker.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*_tokenward(), "serve", "--config", str(config_path), "--port", str(port)],
+            [*tokenward_command(), "serve", "--config", str(config_path), "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

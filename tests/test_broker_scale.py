@@ -12,10 +12,7 @@ PostgreSQL unreachable: the test skips, except under CI=true, where it fails.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +22,7 @@ from typing import Any
 import httpx2
 import pytest
 from broker_support import CLIENT_SECRET_ENV
-from servers import POSTGRES_URL, require
+from servers import POSTGRES_URL, drop_postgres_schema, free_port, require, tokenward_command
 
 from tokenward.broker.config import hash_key, new_key
 from tokenward.config import load_config
@@ -47,32 +44,11 @@ REFRESHED_LIFETIME = 30.0
 def schema() -> Iterator[str]:
     """A schema of this test's own, dropped afterwards."""
     require("postgres")
-    import psycopg
-    from psycopg import sql
-
     name = "tw_broker_scale_" + uuid.uuid4().hex[:12]
     try:
         yield name
     finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tokenward() -> list[str]:
-    """The `tokenward` command of this interpreter's environment."""
-    script = Path(sys.executable).with_name("tokenward")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("tokenward")
-    if found is None:
-        pytest.fail("the `tokenward` command is not installed (pip install -e '.[all]')")
-    return [found]
+        drop_postgres_schema(name)
 
 
 def _write_config(tmp: Path, emulator_url: str, schema: str, key: str) -> Path:
@@ -113,11 +89,12 @@ class Brokers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs = [log_dir / f"broker{i}.log" for i in range(count)]
         for log in self.logs:
-            port = _free_port()
+            port = free_port()
+            command = [*tokenward_command(), "serve", "--config", str(config), "--port", str(port)]
             with log.open("wb") as out:
                 self.procs.append(
                     subprocess.Popen(
-                        [*_tokenward(), "serve", "--config", str(config), "--port", str(port)],
+                        command,
                         stdout=out,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,

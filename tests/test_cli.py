@@ -4,7 +4,6 @@ and exit codes through click's CliRunner, logins end to end against the provider
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -31,40 +30,6 @@ COMMANDS = [
     "revoke",
     "import-env",
 ]
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """An environment that never touches the user's real configuration or store."""
-    values = {
-        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
-        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
-        "TW_SECRET": TEST_CLIENT_SECRET,
-        "TW_API_KEY": TEST_API_KEY,
-    }
-    monkeypatch.delenv("TOKENWARD_CONFIG", raising=False)
-    monkeypatch.delenv("TOKENWARD_STORE", raising=False)
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)
-    return {k: v for k, v in os.environ.items() if not k.startswith("TOKENWARD_")}
-
-
-@pytest.fixture
-def config(tmp_path: Path, env: dict[str, str], tokenward_emulator: Any) -> Path:
-    """A configuration with an OAuth credential (`ml`) and an API key (`avatar`) on the emulator."""
-    url = tokenward_emulator.url
-    path = tmp_path / "tokenward.toml"
-    path.write_text(
-        f'[store]\nurl = "sqlite://{tmp_path}/tokens.db"\n\n'
-        f'[credentials.ml]\npreset = "mercadolibre"\nclient_id = "{TEST_CLIENT_ID}"\n'
-        f'client_secret = "env:TW_SECRET"\nbase_url = "{url}"\n'
-        f'authorize_url = "{url}/authorize"\nrevocation_url = "{url}/oauth/revoke"\n'
-        f'device_authorization_url = "{url}/oauth/device/code"\n\n'
-        f'[credentials.avatar]\npreset = "heygen"\napi_key = "env:TW_API_KEY"\nbase_url = "{url}"\n'
-    )
-    path.chmod(0o600)
-    return path
 
 
 def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,6 @@
 """Issue 18, the command line's first hour: what the docs promise and a new user expects, each
 through a real `tokenward` subprocess (or click's CliRunner where the terminal width matters)
 against the provider emulator."""
-# ruff: noqa: F811 - the fixtures `env` and `config` come from test_cli
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from typing import Any
 import httpx2
 import pytest
 from click.testing import CliRunner
-from test_cli import TOKENWARD, config, env, run, seed  # noqa: F401 - fixtures
+from test_cli import TOKENWARD, run, seed
 
 from tokenward.cli import cli
 

@@ -19,7 +19,6 @@ from click.testing import CliRunner
 from servers import POSTGRES_URL, REDIS_URL
 from test_stores import (  # the contract suite, re-run below against encrypted stores
     STORE_KINDS,
-    _clean_network_stores,  # noqa: F401 - autouse fixture: drops Redis prefixes / PG schemas
     _isolated_name,
     test_async_api_from_several_event_loops,  # noqa: F401
     test_async_tasks_lose_no_update,  # noqa: F401

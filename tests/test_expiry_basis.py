@@ -21,7 +21,7 @@ from tokenward import TokenAuth
 from tokenward.manager import TokenManager
 from tokenward.sources import ApiKeyExchange, FunctionSource, RefreshTokenGrant
 from tokenward.stores import MemoryStore, SQLiteStore
-from tokenward.testing import TEST_API_KEY, TEST_CLIENT_ID, TEST_CLIENT_SECRET
+from tokenward.testing import TEST_API_KEY, TEST_CLIENT_ID
 from tokenward.testing.emulator import Emulator
 from tokenward.testing.server import EmulatorServer
 from tokenward.token import Token
@@ -41,13 +41,6 @@ def emulator(tokenward_emulator: EmulatorServer) -> Emulator:
     # to meet an expired token.
     emu.configure(access_lifetime=2, latency=0.1, answer_latency=0.1)
     return emu
-
-
-@pytest.fixture
-def source(tokenward_emulator: EmulatorServer) -> RefreshTokenGrant:
-    return RefreshTokenGrant(
-        tokenward_emulator.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET, client_auth="body"
-    )
 
 
 def test_stored_expiry_is_never_later_than_the_providers(

@@ -47,11 +47,6 @@ def server(tokenward_emulator: EmulatorServer) -> EmulatorServer:
 
 
 @pytest.fixture
-def emulator(server: EmulatorServer) -> Emulator:
-    return server.emulator
-
-
-@pytest.fixture
 def make_manager(server: EmulatorServer) -> Iterator[Callable[..., TokenManager]]:
     managers: list[TokenManager] = []
 

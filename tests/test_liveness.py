@@ -18,7 +18,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,7 +31,15 @@ import pytest
 from liveness_workers import PATIENCE, Caller, first_of, seed
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from servers import POSTGRES_URL, REDIS_URL, require, unreachable
+from servers import (
+    POSTGRES_URL,
+    REDIS_URL,
+    drop_postgres_schema,
+    drop_redis_prefix,
+    free_port,
+    require,
+    unreachable,
+)
 
 from tokenward.stores.base import Record, Store
 from tokenward.testing import EmulatorServer, fingerprint
@@ -54,20 +61,10 @@ def store_cfg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[s
     require(kind)
     if kind == "redis":
         yield {"kind": kind, "url": REDIS_URL, "prefix": name + ":"}
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=name + ":*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        drop_redis_prefix(name + ":")
     else:
         yield {"kind": kind, "url": POSTGRES_URL, "schema": name}
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+        drop_postgres_schema(name)
 
 
 def _seed(server: EmulatorServer, store: Store) -> str:
@@ -198,12 +195,6 @@ def test_stalled_leader_refresh_token_is_never_spent_twice(
 # --- PostgreSQL through PgBouncer (transaction pooling) --------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def pgbouncer(tmp_path: Path) -> Iterator[str]:
     """Our own PgBouncer in transaction-pooling mode, on a free port, in front of the shared
@@ -213,7 +204,7 @@ def pgbouncer(tmp_path: Path) -> Iterator[str]:
     if not os.access(binary, os.X_OK):
         unreachable("pgbouncer is not installed (make pgbouncer)")
     target = conninfo_to_dict(POSTGRES_URL)
-    port = _free_port()
+    port = free_port()
     home = Path(tempfile.mkdtemp(prefix="tw-pgbouncer-"))  # readable after it drops root
     home.chmod(0o755)
     users = home / "users.txt"

@@ -82,18 +82,6 @@ def server(tokenward_emulator: EmulatorServer) -> EmulatorServer:
 
 
 @pytest.fixture
-def emulator(server: EmulatorServer) -> Emulator:
-    return server.emulator
-
-
-@pytest.fixture
-def source(server: EmulatorServer) -> RefreshTokenGrant:
-    return RefreshTokenGrant(
-        server.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET, client_auth="body"
-    )
-
-
-@pytest.fixture
 def make_manager(source: RefreshTokenGrant) -> Iterator[Callable[..., TokenManager]]:
     managers: list[TokenManager] = []
 

@@ -43,11 +43,6 @@ class VendorAuthError(Exception):
 
 
 @pytest.fixture
-def emulator(tokenward_emulator: EmulatorServer) -> Emulator:
-    return tokenward_emulator.emulator
-
-
-@pytest.fixture
 def manager(tokenward_emulator: EmulatorServer, emulator: Emulator) -> Iterator[TokenManager]:
     source = RefreshTokenGrant(
         tokenward_emulator.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET, client_auth="body"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from clients_support import Events, OneWayStream, make_manager
+from clients_support import Events, OneWayStream
 
 from tokenward import TokenManager
 from tokenward.integrations.requests import TokenAuth
@@ -18,28 +17,10 @@ from tokenward.testing.server import EmulatorServer
 
 
 @pytest.fixture
-def manager(tokenward_emulator: EmulatorServer) -> Iterator[TokenManager]:
-    with make_manager(tokenward_emulator) as manager:
-        yield manager
-
-
-@pytest.fixture
 def session(manager: TokenManager) -> Iterator[requests.Session]:
     with requests.Session() as session:
         session.auth = TokenAuth(manager)
         yield session
-
-
-@pytest.fixture
-def events() -> Iterator[Events]:
-    handler = Events()
-    logger = logging.getLogger("tokenward")
-    logger.addHandler(handler)
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
 
 
 def test_sets_the_bearer_header(

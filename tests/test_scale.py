@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,15 @@ from typing import Any
 import httpx2
 import pytest
 import scale_workers
-from servers import POSTGRES_URL, REDIS_URL, require, unreachable
+from servers import (
+    POSTGRES_URL,
+    REDIS_URL,
+    drop_postgres_schema,
+    drop_redis_prefix,
+    free_port,
+    require,
+    unreachable,
+)
 from waiting import until
 
 from tokenward.manager import TokenManager
@@ -51,19 +58,9 @@ def store_cfg(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
         cfg = {"kind": kind, "url": POSTGRES_URL, "schema": name}
     yield cfg
     if kind == "redis":
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=name + ":*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        drop_redis_prefix(name + ":")
     else:
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+        drop_postgres_schema(name)
 
 
 def _spawn_many(command: str, cfg: dict[str, Any], count: int) -> list[subprocess.Popen[str]]:
@@ -314,12 +311,6 @@ def test_lease_holder_killed_mid_refresh(
 # --- 4. store outages -----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_redis(port: int, directory: Path) -> None:
     subprocess.run(
         [
@@ -465,7 +456,7 @@ def test_redis_restart_during_run(tokenward_emulator: EmulatorServer, tmp_path: 
         unreachable("redis-server is not installed")
     from tokenward.stores.redis import RedisStore
 
-    port = _free_port()
+    port = free_port()
     _start_redis(port, tmp_path)
     store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="outage:")
     emu = tokenward_emulator.emulator

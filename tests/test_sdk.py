@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx2
 import pytest
-from clients_support import make_manager
 
 from tokenward import TokenManager
 from tokenward.integrations.sdk import ExpiryGuard, current_token
@@ -46,12 +44,6 @@ class VendorSDK:
             raise VendorAuthError(answer.status_code)
         answer.raise_for_status()
         return answer.json()  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def manager(tokenward_emulator: EmulatorServer) -> Iterator[TokenManager]:
-    with make_manager(tokenward_emulator) as manager:
-        yield manager
 
 
 def expiry(manager: TokenManager, **kwargs: Any) -> ExpiryGuard:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from clients_support import Events
@@ -35,18 +33,6 @@ def heygen(server: EmulatorServer, **hooks: object) -> Sessions:
         base_url=server.url,
         hooks=HeyGenStreaming(**hooks),  # type: ignore[arg-type]
     )
-
-
-@pytest.fixture
-def events() -> Iterator[Events]:
-    handler = Events()
-    logger = logging.getLogger("tokenward")
-    logger.addHandler(handler)
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
 
 
 def test_three_sessions_get_three_distinct_tokens_each_accepted_once(

@@ -58,13 +58,6 @@ def emulator(tokenward_emulator: EmulatorServer) -> Emulator:
 
 
 @pytest.fixture
-def source(tokenward_emulator: EmulatorServer) -> RefreshTokenGrant:
-    return RefreshTokenGrant(
-        tokenward_emulator.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET, client_auth="body"
-    )
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     opened = SQLiteStore(tmp_path / "tokens.db")
     yield opened

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from servers import POSTGRES_URL, REDIS_URL, require
+from servers import POSTGRES_SCHEMAS, POSTGRES_URL, REDIS_PREFIXES, REDIS_URL, require
 
 try:  # python-dotenv is optional; when installed, it must read what we write
     import dotenv as python_dotenv  # type: ignore[import-not-found,unused-ignore]
@@ -62,10 +62,8 @@ def _sqlite(directory: Path) -> Store:
 
 # Network stores: each test gets its own key prefix / schema, named after its temporary
 # directory so that worker processes (which get the directory) land in the same one. What a test
-# created is removed after it. An unreachable server skips these tests, except under CI=true,
-# where it fails them: CI must run them.
-_REDIS_PREFIXES: set[str] = set()
-_POSTGRES_SCHEMAS: set[str] = set()
+# created is removed after it (tests/conftest.py). An unreachable server skips these tests,
+# except under CI=true, where it fails them: CI must run them.
 
 
 def _isolated_name(directory: Path) -> str:
@@ -77,7 +75,7 @@ def _redis(directory: Path) -> Store:
     from tokenward.stores.redis import RedisStore
 
     prefix = _isolated_name(directory) + ":"
-    _REDIS_PREFIXES.add(prefix)
+    REDIS_PREFIXES.add(prefix)
     return RedisStore(REDIS_URL, prefix=prefix)
 
 
@@ -86,35 +84,8 @@ def _postgres(directory: Path) -> Store:
     from tokenward.stores.postgres import PostgresStore
 
     schema = _isolated_name(directory)
-    _POSTGRES_SCHEMAS.add(schema)
+    POSTGRES_SCHEMAS.add(schema)
     return PostgresStore(POSTGRES_URL, schema=schema)
-
-
-def _drop_redis_prefix(prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-def _drop_postgres_schema(schema: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-
-
-@pytest.fixture(autouse=True)
-def _clean_network_stores() -> Iterator[None]:
-    yield
-    while _REDIS_PREFIXES:
-        _drop_redis_prefix(_REDIS_PREFIXES.pop())
-    while _POSTGRES_SCHEMAS:
-        _drop_postgres_schema(_POSTGRES_SCHEMAS.pop())
 
 
 STORE_KINDS: dict[str, Callable[[Path], Store]] = {
@@ -986,8 +957,8 @@ def test_open_store_network_urls(tmp_path: Path) -> None:
     from tokenward.stores import PostgresStore, RedisStore
 
     name = _isolated_name(tmp_path)
-    _REDIS_PREFIXES.add(name + ":")
-    _POSTGRES_SCHEMAS.add(name)
+    REDIS_PREFIXES.add(name + ":")
+    POSTGRES_SCHEMAS.add(name)
     redis_store = open_store(f"{REDIS_URL}?prefix={name}:")
     assert isinstance(redis_store, RedisStore) and redis_store.prefix == name + ":"
     pg_store = open_store(f"{POSTGRES_URL}?schema={name}")
@@ -1043,7 +1014,7 @@ def test_postgres_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
     from tokenward.stores.postgres import LATEST, PostgresStore
 
     schema = _isolated_name(tmp_path)
-    _POSTGRES_SCHEMAS.add(schema)
+    POSTGRES_SCHEMAS.add(schema)
     errors: list[BaseException] = []
     barrier = threading.Barrier(8)
 
