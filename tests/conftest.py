@@ -1,8 +1,15 @@
 """Fixtures that several test modules share (one copy each; a module that needs another meaning
-of a name defines its own fixture of that name, which takes precedence here).
+of a name defines its own fixture of that name, which takes precedence here), and the `unit` /
+`e2e` markers.
 
 The emulator itself is the `tokenward_emulator` fixture of the tokenward pytest plugin
 (src/tokenward/testing/plugin.py); the fixtures below build on it.
+
+Markers (`pytest -m unit`: the fast tests alone; `make test` runs both): a test is `e2e` when it
+runs a real server or another process: it uses a fixture that starts one (E2E_FIXTURES, directly
+or through other fixtures), is parametrized with a network store (Redis, PostgreSQL), or its
+module or itself is marked `pytest.mark.e2e` (servers or processes started in the test body or in
+a module's own fixture). Every other test is `unit`: no sockets, no subprocesses, milliseconds.
 """
 
 from __future__ import annotations
@@ -20,6 +27,27 @@ from tokenward import TokenManager
 from tokenward.sources import RefreshTokenGrant
 from tokenward.testing import TEST_API_KEY, TEST_CLIENT_ID, TEST_CLIENT_SECRET, Emulator
 from tokenward.testing.server import EmulatorServer
+
+#: Fixtures that start a server: a test that uses one, even through another fixture, is e2e.
+E2E_FIXTURES = frozenset({"tokenward_emulator"})
+#: Parameter values that put a test on a network store server.
+NETWORK_STORES = frozenset({"redis", "postgres"})
+
+
+def _is_e2e(item: pytest.Item) -> bool:
+    if item.get_closest_marker("e2e") is not None:
+        return True
+    if E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params.values() if callspec is not None else ()
+    return any(isinstance(value, str) and value in NETWORK_STORES for value in params)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test `e2e` or `unit` (the rule is in this module's docstring)."""
+    for item in items:
+        item.add_marker(pytest.mark.e2e if _is_e2e(item) else pytest.mark.unit)
 
 
 @pytest.fixture(autouse=True)

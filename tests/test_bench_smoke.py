@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # runs the benchmarks in a subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytest.importorskip("authlib")

@@ -34,7 +34,10 @@ from tokenward.testing.emulator import Emulator
 from tokenward.testing.server import EmulatorServer
 from tokenward.token import Token, fingerprint
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.e2e,
+]  # e2e: its module fixture runs the emulator and the broker
 
 #: Endpoints whose answers carry a token on purpose.
 VENDING = ("/token", "/v1/sessions")

@@ -34,7 +34,10 @@ from tokenward.testing.emulator import Emulator
 from tokenward.testing.server import EmulatorServer
 from tokenward.token import fingerprint
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.e2e,
+]  # e2e: the broker as a process, the emulator and an upstream
 
 ORIGIN = "https://app.example.com"
 #: The issue's attack: a 200 MB body announced to an endpoint that parses JSON.

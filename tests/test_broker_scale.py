@@ -30,7 +30,7 @@ from tokenward.testing import TEST_CLIENT_ID, TEST_CLIENT_SECRET
 from tokenward.testing.emulator import Emulator
 from tokenward.testing.server import EmulatorServer
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.e2e]  # e2e: broker processes on PostgreSQL
 
 BROKERS = 3
 REQUESTS = 300

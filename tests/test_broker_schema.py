@@ -37,7 +37,10 @@ from tokenward.testing.server import EmulatorServer
 
 #: Per operation; `make fuzz` runs many more (TOKENWARD_FUZZ_EXAMPLES).
 MAX_EXAMPLES = int(os.environ.get("TOKENWARD_FUZZ_EXAMPLES", "25"))
-pytestmark = pytest.mark.timeout(120 + MAX_EXAMPLES * 5)
+pytestmark = [
+    pytest.mark.timeout(120 + MAX_EXAMPLES * 5),
+    pytest.mark.e2e,
+]  # e2e: its module fixture runs the emulator and the broker
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -34,7 +34,10 @@ from tokenward.testing.emulator import Emulator
 from tokenward.testing.server import EmulatorServer
 from tokenward.token import fingerprint
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.e2e,
+]  # e2e: the broker, the emulator and chromium
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

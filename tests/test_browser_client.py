@@ -29,7 +29,10 @@ from tokenward.testing import TEST_API_KEY
 from tokenward.testing.emulator import Emulator
 from tokenward.testing.server import EmulatorServer
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.e2e,
+]  # e2e: the broker, the emulator and chromium
 
 START = """async ([broker, key]) => {
   const { SessionClient } = await import(broker + "/v1/client.js");

@@ -59,6 +59,7 @@ def test_every_command_has_an_example_in_its_help(command: str) -> None:
 
 
 # -- init, add, presets ----------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_init_add_presets_in_subprocesses(tmp_path: Path, env: dict[str, str]) -> None:
     run("init", env=env)
     path = tmp_path / "tokenward.toml"
@@ -128,6 +129,7 @@ def test_bad_configs_exit_2(
     assert "inline-secret-123" not in result.output
 
 
+@pytest.mark.e2e
 def test_bad_config_in_a_subprocess_has_no_traceback(tmp_path: Path, env: dict[str, str]) -> None:
     done = run("token", "ml", "--config", str(tmp_path / "missing.toml"), env=env, check=False)
     assert done.returncode == 2 and done.stdout == ""
@@ -159,6 +161,7 @@ def test_token_without_login_exits_3(config: Path, env: dict[str, str]) -> None:
     assert done.returncode == 3 and "tokenward login ml" in done.stderr
 
 
+@pytest.mark.e2e
 def test_unreachable_provider_exits_4(tmp_path: Path, env: dict[str, str]) -> None:
     path = tmp_path / "tokenward.toml"
     path.write_text(

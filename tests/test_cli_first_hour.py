@@ -17,6 +17,8 @@ from test_cli import TOKENWARD, run, seed
 
 from tokenward.cli import cli
 
+pytestmark = pytest.mark.e2e  # `tokenward` subprocesses
+
 
 def _rows(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
     return {row["name"]: row for row in json.loads(done.stdout)}

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import click
+import pytest
 
 from tokenward.cli import cli
 from tokenward.cli_reference import BEGIN, END, UNDOCUMENTED, render, replace_block
@@ -58,6 +59,7 @@ def test_a_new_command_or_option_changes_the_reference() -> None:
     assert render(cli) == before
 
 
+@pytest.mark.e2e
 def test_the_module_rewrites_and_checks_a_document(tmp_path: Path) -> None:
     stale = tmp_path / "cli.md"
     stale.write_text(f"# intro\n\n{BEGIN}\nold\n{END}\n\n## after\n")

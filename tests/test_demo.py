@@ -57,6 +57,7 @@ class Recorder:
         return emulator
 
 
+@pytest.mark.e2e
 def test_every_figure_is_the_providers_own_count() -> None:
     recorder = Recorder(SMALL)
     act = run_act("pipeline", SMALL, emulators=recorder)
@@ -87,6 +88,7 @@ def test_every_figure_is_the_providers_own_count() -> None:
     assert not theirs.env_token_valid and theirs.failed > 0
 
 
+@pytest.mark.e2e
 def test_the_hand_made_side_keeps_its_cooldown_and_retry_once() -> None:
     recorder = Recorder(SMALL)
     act = run_act("pipeline", SMALL, emulators=recorder)
@@ -106,6 +108,7 @@ def test_the_hand_made_side_keeps_its_cooldown_and_retry_once() -> None:
         assert len(clocks) <= act.duration / SMALL.cooldown + 2 + theirs.cooldown_races
 
 
+@pytest.mark.e2e
 def test_sigkill_lands_on_the_process_whose_token_request_reached_the_provider() -> None:
     recorder = Recorder(replace(SMALL, processes=3))
     act = run_act("sigkill", recorder.config, emulators=recorder)
@@ -200,6 +203,7 @@ def test_self_check_flags_each_broken_promise(monkeypatch: pytest.MonkeyPatch) -
     assert demo.main(["--quiet", "--json"]) == 1
 
 
+@pytest.mark.e2e
 def test_command_line_shows_both_acts_and_the_verdict() -> None:
     args = ["--quiet", "--duration", "3", "--kill-duration", "2.6", "--lifetime", "1"]
     args += ["--processes", "2", "--threads", "2", "--rate", "40"]
@@ -225,6 +229,7 @@ def test_command_line_shows_both_acts_and_the_verdict() -> None:
     assert not any(p in out + completed.stderr for p in SECRET_PREFIXES)
 
 
+@pytest.mark.e2e
 def test_help_in_a_subprocess() -> None:
     """`python -m demo --help` from the clone (was `tokenward demo --help` while the demo was
     in the package): the options, no run."""
@@ -235,6 +240,7 @@ def test_help_in_a_subprocess() -> None:
     assert "usage: python -m demo" in completed.stdout and "--duration" in completed.stdout
 
 
+@pytest.mark.e2e
 def test_json_output_holds_no_secret() -> None:
     completed = subprocess.run(
         [
@@ -278,6 +284,7 @@ def test_docs_show_the_real_code_of_both_sides() -> None:
         assert block in code, block
 
 
+@pytest.mark.e2e
 def test_a_broken_tokenward_side_is_caught_and_its_logs_kept() -> None:
     """The self-check is not decoration: a provider that refuses tokenward's refresh token
     (an injected invalid_grant) shows up in the figures, and the processes' logs are kept."""

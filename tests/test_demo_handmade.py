@@ -20,6 +20,8 @@ from dotenv import dotenv_values
 
 from tokenward.testing import Emulator, EmulatorServer
 
+pytestmark = pytest.mark.e2e  # its fixture runs the emulator
+
 HANDMADE = Path(__file__).parents[1] / "demo" / "handmade.py"
 
 

@@ -8,6 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e  # runs the README in a subprocess against the emulator
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -93,6 +93,7 @@ def test_plugin_is_registered_and_fixture_is_ready(
         assert created.status_code == 200
 
 
+@pytest.mark.e2e
 def test_plugin_import_does_not_load_server_stack() -> None:
     code = (
         "import sys, tokenward.testing.plugin\n"
@@ -102,6 +103,7 @@ def test_plugin_import_does_not_load_server_stack() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.e2e
 def test_server_port_known_before_start_and_stop_frees_it() -> None:
     server = EmulatorServer(Emulator())
     with pytest.raises(RuntimeError):
@@ -115,6 +117,7 @@ def test_server_port_known_before_start_and_stop_frees_it() -> None:
         httpx2.get(f"http://127.0.0.1:{port}/.well-known/openid-configuration", timeout=1)
 
 
+@pytest.mark.e2e
 def test_stop_is_fast_even_with_a_delayed_answer_in_flight() -> None:
     emu = Emulator()
     emu.add_client(*CLIENT)
@@ -142,6 +145,7 @@ def test_stop_is_fast_even_with_a_delayed_answer_in_flight() -> None:
     assert not caller.is_alive()
 
 
+@pytest.mark.e2e
 def test_python_dash_m_prints_url_and_serves_until_interrupted() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tokenward.testing", "--port", "0"],

@@ -17,6 +17,8 @@ import pytest
 from tokenward.testing import Emulator, EmulatorServer
 from tokenward.testing.emulator import fingerprint
 
+pytestmark = pytest.mark.e2e  # its fixture runs the emulator
+
 
 @pytest.fixture
 def server() -> Iterator[EmulatorServer]:

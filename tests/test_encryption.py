@@ -287,6 +287,7 @@ def test_ciphertext_moved_to_another_field_or_record_fails(tmp_path: Path) -> No
     assert caught.value.reason == "tampered"
 
 
+@pytest.mark.e2e
 def test_importing_needs_no_cryptography() -> None:
     code = (
         "import sys, tokenward.stores, tokenward.cli, tokenward.config; "
@@ -513,6 +514,7 @@ def test_rekey_without_keys_is_a_configuration_error(
     assert result.exit_code == 2 and "no encryption keys are configured" in result.stderr
 
 
+@pytest.mark.e2e
 def test_rekey_in_a_subprocess(rekey_env: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWARD_")}
     done = subprocess.run(

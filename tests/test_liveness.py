@@ -44,6 +44,8 @@ from servers import (
 from tokenward.stores.base import Record, Store
 from tokenward.testing import EmulatorServer, fingerprint
 
+pytestmark = pytest.mark.e2e  # processes, Redis, PostgreSQL, PgBouncer
+
 KEY = "live"
 #: Long on purpose: a survivor that waited for the lease to expire would miss every deadline.
 LONG_TTL = 30.0

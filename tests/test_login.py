@@ -50,6 +50,7 @@ def _browse(url: str) -> threading.Thread:
     return thread
 
 
+@pytest.mark.e2e
 def test_listener_is_bound_before_it_waits_and_returns_the_query() -> None:
     with CallbackListener() as listener:
         assert listener.port > 0 and listener.redirect_uri.endswith(f":{listener.port}/callback")
@@ -59,6 +60,7 @@ def test_listener_is_bound_before_it_waits_and_returns_the_query() -> None:
         assert listener.wait(5) == {"code": "c", "state": "s"}
 
 
+@pytest.mark.e2e
 def test_listener_times_out_with_a_clear_error() -> None:
     with CallbackListener() as listener, pytest.raises(AuthorizationDenied, match="no login"):
         listener.wait(0.01)

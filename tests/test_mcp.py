@@ -34,6 +34,8 @@ from tokenward.stores.file import JsonFileStore
 from tokenward.stores.sqlite import SQLiteStore
 from tokenward.testing.mcp import HeadlessBrowser, McpTestServer
 
+pytestmark = pytest.mark.e2e  # a real MCP server over HTTP
+
 KEY = "mcp:alice"
 
 

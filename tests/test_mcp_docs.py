@@ -17,6 +17,8 @@ pytest.importorskip("mcp")
 
 from tokenward.testing.mcp import McpTestServer
 
+pytestmark = pytest.mark.e2e  # subprocesses against a real MCP server
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = (ROOT / "docs" / "mcp.md").read_text()
 EXAMPLE_URL = "https://mcp.example.com/mcp"

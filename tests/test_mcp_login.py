@@ -21,6 +21,8 @@ from tokenward.config import load_config
 from tokenward.integrations.mcp import McpRegistration
 from tokenward.testing.mcp import McpTestServer
 
+pytestmark = pytest.mark.e2e  # a real MCP server, `tokenward` subprocesses
+
 
 @pytest.fixture
 def server():

@@ -126,6 +126,7 @@ print(json.dumps(loaded))
 """
 
 
+@pytest.mark.e2e
 def test_import_loads_no_optional_part() -> None:
     out = subprocess.run(
         [sys.executable, "-c", _PROBE], check=True, capture_output=True, text=True

@@ -14,7 +14,10 @@ import pytest
 from session_support import SessionEnv, session_env
 from waiting import until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.e2e,
+]  # e2e: session_env runs the emulator and the broker
 
 #: Session tokens live 5 s (by the emulator's clock); sessions are not reaped upstream by it.
 LIFE = {"session_token_lifetime": 5, "session_idle_timeout": 10_000, "session_duration_limit": 900}

@@ -24,7 +24,10 @@ from session_support import SessionEnv, session_env
 
 from tokenward.testing import TEST_API_KEY
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.e2e,
+]  # e2e: session_env runs the emulator and the broker
 
 CLIENTS = 20
 SESSIONS_PER_CLIENT = 10

@@ -13,7 +13,10 @@ from session_support import SessionEnv, session_env
 
 from tokenward.config import load_preset
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.e2e,
+]  # e2e: session_env runs the emulator and the broker
 
 EXTRA = """
 [credentials.realtime]

@@ -18,7 +18,10 @@ from tokenward.cli import cli
 from tokenward.errors import SessionScoped
 from tokenward.testing import TEST_API_KEY
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.e2e,
+]  # e2e: session_env runs the emulator and the broker
 
 
 @pytest.fixture

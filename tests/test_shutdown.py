@@ -375,6 +375,7 @@ def test_sessions_close_waits_for_a_session_being_opened(
     assert emulator.counters["sessions_stopped"] == 1
 
 
+@pytest.mark.e2e
 def test_guide_shutdown_example_runs(tmp_path: Path) -> None:
     guide = (Path(__file__).resolve().parent.parent / "docs" / "guide.md").read_text()
     match = re.search(r"## Shutdown.*?```python\n(.*?)```", guide, re.S)

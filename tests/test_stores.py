@@ -345,6 +345,7 @@ def run_processes(target: Callable[..., None], args: list[tuple[object, ...]]) -
 
 
 @pytest.mark.parametrize("kind", SHARED_KINDS)
+@pytest.mark.e2e
 def test_processes_lose_no_cas_update(kind: str, tmp_path: Path) -> None:
     store = STORE_KINDS[kind](tmp_path)
     seed_counter(store, "counter")
@@ -356,6 +357,7 @@ def test_processes_lose_no_cas_update(kind: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", SHARED_KINDS)
+@pytest.mark.e2e
 def test_lease_excludes_other_processes(kind: str, tmp_path: Path) -> None:
     store = STORE_KINDS[kind](tmp_path)
     assert store.compare_and_set(Record("under-lease", 1), 0)
@@ -482,6 +484,7 @@ def _without_process_part(holder: str | None) -> str | None:
 
 
 @pytest.mark.parametrize("kind", [*SHARED_KINDS, "encrypted"])
+@pytest.mark.e2e
 def test_killed_holder_is_provably_dead(kind: str, tmp_path: Path) -> None:
     """SIGKILL the process that holds a lease and has a refresh token in flight: from this host
     it is provably dead at once (pid gone); from another host too where the store has a session
@@ -691,6 +694,7 @@ def shell_values(path: Path, *names: str) -> list[str]:
     return out.stdout.split("\0")[:-1]
 
 
+@pytest.mark.e2e
 def test_dotenv_keeps_the_users_lines(tmp_path: Path) -> None:
     path = tmp_path / ".env"
     path.write_text(USER_ENV)
@@ -725,6 +729,7 @@ def test_dotenv_keeps_the_users_lines(tmp_path: Path) -> None:
     assert json.loads(state)["version"] == 4
 
 
+@pytest.mark.e2e
 def test_dotenv_values_read_the_same_in_bash(tmp_path: Path) -> None:
     path = tmp_path / ".env"
     store = DotenvStore(path, mapping={"x": {"access_token": "A", "scope": "S"}})
@@ -951,6 +956,7 @@ def test_open_store_rejects_unknown_schemes(monkeypatch: pytest.MonkeyPatch) -> 
 # --- network stores -------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_open_store_network_urls(tmp_path: Path) -> None:
     require("redis")
     require("postgres")
@@ -995,6 +1001,7 @@ def test_unreachable_server_error_names_url_not_password(server: str, url: str) 
     store.close()
 
 
+@pytest.mark.e2e
 async def test_unreachable_server_async(tmp_path: Path) -> None:
     pytest.importorskip("redis")
     pytest.importorskip("psycopg_pool")
@@ -1006,6 +1013,7 @@ async def test_unreachable_server_async(tmp_path: Path) -> None:
         await store.aclose()
 
 
+@pytest.mark.e2e
 def test_postgres_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
     require("postgres")
     import psycopg
@@ -1040,6 +1048,7 @@ def test_postgres_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
     assert [row[0] for row in rows] == list(range(1, LATEST + 1))
 
 
+@pytest.mark.e2e
 def test_postgres_newer_schema_is_refused(tmp_path: Path) -> None:
     require("postgres")
     import psycopg
@@ -1058,6 +1067,7 @@ def test_postgres_newer_schema_is_refused(tmp_path: Path) -> None:
     newer.close()
 
 
+@pytest.mark.e2e
 def test_redis_keys_come_from_the_index_not_scan(tmp_path: Path) -> None:
     store = _redis(tmp_path)
     for key in ["b", "a:2", "a:1", "é"]:
@@ -1069,6 +1079,7 @@ def test_redis_keys_come_from_the_index_not_scan(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.e2e
 def test_importing_stores_needs_no_network_extras() -> None:
     code = (
         "import sys, tokenward.stores; "
