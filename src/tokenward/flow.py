@@ -373,8 +373,15 @@ def _await_in_flight(
             or holder.claim.owner == ctx.owner
             or holder.claim.fingerprint != spent
         ):
+            # Read the record again: it was read before this Inspect, and a stalled holder
+            # stores its answer and drops its in-flight record in one step (`Finish`), so
+            # "nothing in flight" can mean "its new refresh token is stored now".
+            now: Record | None = yield Load(ctx.key)
+            if (token := _adoptable(ctx, now, seen)) is not None:
+                yield from _silence_ended(ctx, 0.0 if silent else None, slept, "adopted")
+                return token
             yield from _silence_ended(ctx, 0.0 if silent else None, slept, "in_flight_over")
-            return rec
+            return now
         if not announced:
             announced, silent = True, holder.alive is None
             yield (
