@@ -6,6 +6,7 @@ through emulator holds and counters, never sleeps."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -217,5 +218,70 @@ def test_metrics_and_status_line_show_the_refreshers_counters(
     assert 'tokenward_refresher_lateness_seconds_bucket{le="+Inf"} 5.0' in text
     line = StatusLine([refresher]).render()
     assert line.startswith("refreshed 5, in flight 0, failed 0"), line
+    assert_every_record_newest_and_valid(store, emulator, seeds)
+    store.close()
+
+
+def test_cli_refresher_shows_a_status_line_serves_metrics_and_drains_on_sigterm(
+    tmp_path: Path, tokenward_emulator: EmulatorServer, emulator: Emulator
+) -> None:
+    """`tokenward refresher --metrics-port` with stderr on a terminal: /metrics counts the
+    refreshes, the status line says what it did, SIGTERM ends it with exit 0 and its totals."""
+    import json
+    import os
+    import pty
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx2
+
+    config = tmp_path / "tokenward.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite://{tmp_path}/cred.db"\n'
+        f'[credentials.ml]\npreset = "mercadolibre"\nclient_id = "{TEST_CLIENT_ID}"\n'
+        f'client_secret = "env:TW_CLI_SECRET"\nbase_url = "{tokenward_emulator.url}"\n'
+    )
+    config.chmod(0o600)
+    store = SQLiteStore(tmp_path / "cred.db")
+    seeds = seed_due(store, emulator, 3)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    terminal, stderr = pty.openpty()
+    script = Path(sys.executable).with_name("tokenward")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "tokenward.cli"]
+    proc = subprocess.Popen(
+        [*command, "refresher", "--config", str(config), "--metrics-port", str(port)],
+        env={**os.environ, "TW_CLI_SECRET": TEST_CLIENT_SECRET},
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+    os.close(stderr)
+    try:
+        refreshed = 'tokenward_refresher_outcomes_total{outcome="refreshed"} 3.0'
+        deadline = time.monotonic() + 60
+        text = ""
+        while refreshed not in text and time.monotonic() < deadline:
+            with contextlib.suppress(httpx2.TransportError):  # not listening yet
+                text = httpx2.get(f"http://127.0.0.1:{port}/metrics").text
+            time.sleep(0.05)  # a poll interval; the condition is the metrics' count
+        assert refreshed in text, text
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    shown = b""
+    with contextlib.suppress(OSError):  # the pty reads EIO once the child is gone
+        while chunk := os.read(terminal, 65536):
+            shown += chunk
+    os.close(terminal)
+    assert proc.returncode == 0
+    assert json.loads(out.strip().splitlines()[-1])["refreshed"] == 3
+    assert b"refreshed 3, in flight 0, failed 0" in shown, shown
     assert_every_record_newest_and_valid(store, emulator, seeds)
     store.close()

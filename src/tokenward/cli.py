@@ -28,7 +28,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import httpx2
@@ -47,6 +47,9 @@ from .cli_rekey import rekey
 from .cli_status import expires, next_step, status
 from .config import CONFIG_ENV, ConfigError, load_config, load_preset, preset_names
 from .configure import STARTER, append_credential, target_path, write_private
+
+if TYPE_CHECKING:
+    from .refresher import Refresher
 
 __all__ = [
     "EXIT_ADDRESS_IN_USE",
@@ -303,7 +306,7 @@ def _on_sigterm(action: Callable[[], None]) -> Any:
     multiple=True,
     help="Only this credential (repeatable). Default: every configured one.",
 )
-@click.option("--concurrency", type=int, default=8, show_default=True, help="Refreshes at once.")
+@click.option("--concurrency", type=int, default=64, show_default=True, help="Refreshes at once.")
 @click.option(
     "--keepalive-days",
     type=float,
@@ -314,6 +317,15 @@ def _on_sigterm(action: Callable[[], None]) -> Any:
 @click.option("--claim-ttl", type=float, default=60.0, show_default=True, help="Seconds.")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.option("--backfill", is_flag=True, help="First queue every record already stored.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve Prometheus metrics (refreshes, lateness, claims, store errors) on this port.",
+)
+@click.option(
+    "--metrics-address", default="127.0.0.1", show_default=True, help="Address for --metrics-port."
+)
 @config_option
 def refresher(
     names: tuple[str, ...],
@@ -322,16 +334,20 @@ def refresher(
     claim_ttl: float,
     duration: float | None,
     backfill: bool,
+    metrics_port: int | None,
+    metrics_address: str,
     config_path: Path | None,
 ) -> None:
     """Refresh stored credentials before they expire. Run one on every host or replica: they
     share the store's due-queue, and each credential is still refreshed once per expiry.
 
     Keys `NAME` and `NAME:anything` (one record per end user) use credential NAME's settings.
+    On a terminal a status line shows what it does; `--metrics-port` serves the same counters
+    to Prometheus.
 
     \b
     Example:
-      tokenward refresher --concurrency 16
+      tokenward refresher --concurrency 64 --metrics-port 9464
     """
     from .refresher import ConfiguredRefreshers
 
@@ -349,10 +365,14 @@ def refresher(
     # SIGTERM (systemd, Kubernetes, docker stop) drains like Ctrl-C: the refreshes in flight
     # reach the store (their answers may carry the only valid refresh tokens) before exit.
     previous = _on_sigterm(stop.set)
+    workers = [worker for worker, _names in refreshers.refreshers]
+    if metrics_port is not None:
+        _serve_refresher_metrics(workers, metrics_port, metrics_address)
     count = len(refreshers.credentials)
     click.echo(f"refresher running for {count} credential(s); Ctrl-C stops it", err=True)
     try:
-        refreshers.run(stop, duration)
+        with _status_line(workers, stop):
+            refreshers.run(stop, duration)
     except KeyboardInterrupt:
         pass
     finally:
@@ -360,6 +380,42 @@ def refresher(
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         click.echo(json.dumps(refreshers.totals()))
+
+
+def _serve_refresher_metrics(workers: list[Refresher], port: int, address: str) -> None:
+    from .refresher_metrics import serve_metrics
+
+    try:
+        serve_metrics(workers, port, address)
+    except (RuntimeError, OSError) as exc:
+        raise click.ClickException(f"cannot serve metrics on {address}:{port}: {exc}") from None
+    click.echo(f"metrics on http://{address}:{port}/metrics", err=True)
+
+
+@contextlib.contextmanager
+def _status_line(workers: list[Refresher], stop: threading.Event) -> Iterator[None]:
+    """On a terminal, rewrite one status line on stderr every second while the body runs."""
+    from .refresher_metrics import StatusLine
+
+    stream = sys.stderr
+    if not stream.isatty():
+        yield
+        return
+    line, done = StatusLine(workers), threading.Event()
+
+    def show() -> None:
+        while not done.wait(1.0) and not stop.is_set():
+            stream.write("\r\x1b[2K" + line.render())
+            stream.flush()
+
+    thread = threading.Thread(target=show, name="tokenward-status", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        stream.write("\r\x1b[2K" + line.render() + "\n")
 
 
 # -- broker (tokenward.broker; `serve` needs the `broker` extra) ----------------------------------
