@@ -444,6 +444,36 @@ def test_health_ready_metrics_openapi(env: Env) -> None:
     assert "/v1/sessions" in spec["paths"]
 
 
+def _sample(metrics: str, name: str) -> float:
+    """The value of one sample line (`name{labels} value`) of a /metrics text (0 before the
+    first count: a labelled child appears when first counted)."""
+    lines = [line for line in metrics.splitlines() if line.startswith(name + " ")]
+    assert len(lines) <= 1, lines
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_refresh_counters_count_whatever_the_log_level(env: Env) -> None:
+    """The counters subscribe to events: an application that raises the `tokenward` logger
+    to CRITICAL (after the broker started) still gets its refreshes and failures counted."""
+    done, failed = (
+        f'tokenward_{what}_total{{credential="api"}}' for what in ("refreshes", "refresh_failures")
+    )
+    before = env.http.get("/metrics").text
+    logger = logging.getLogger("tokenward")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        env.emulator.inject("503")  # one failure (retried), then the refresh
+        answer = env.http.post("/v1/credentials/api/refresh", headers=env.headers())
+        assert answer.status_code == 200
+    finally:
+        logger.setLevel(level)
+    after = env.http.get("/metrics").text
+    assert env.emulator.counters["refreshes"] == 1
+    assert _sample(after, done) == _sample(before, done) + 1
+    assert _sample(after, failed) == _sample(before, failed) + 1
+
+
 def test_config_loads_and_app_can_be_built_in_process(env: Env, tmp_path: Path) -> None:
     """`create_app(Config, BrokerConfig)` serves in process too (ASGI transport)."""
     config, settings = load_broker(env.app.state.broker.config.path)

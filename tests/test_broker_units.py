@@ -262,3 +262,23 @@ def test_example_page_only_when_enabled(tmp_path: Path) -> None:
     assert page.status_code == 200 and "/v1/sessions" in page.text
     assert page.headers["content-type"].startswith("text/html")
     assert asyncio.run(fetch(False)).status_code == 404
+
+
+def test_metrics_stop_counting_when_detached() -> None:
+    """The broker's counters subscribe at start and unsubscribe at shutdown: a stopped app
+    leaves no subscriber behind (nor a changed `tokenward` logger level)."""
+    import logging
+
+    from tokenward import events
+    from tokenward.broker.metrics import BrokerMetrics
+    from tokenward.stores.memory import MemoryStore
+
+    level = logging.getLogger("tokenward").level
+    metrics = BrokerMetrics(lambda: {"api": ("api", MemoryStore())})
+    metrics.attach()
+    metrics.attach()  # idempotent: still counted once
+    events.emit("token.refreshed", "api", fingerprint="abc", version=2)
+    metrics.detach()
+    events.emit("token.refreshed", "api", fingerprint="def", version=3)
+    assert 'tokenward_refreshes_total{credential="api"} 1.0' in metrics.render().decode()
+    assert logging.getLogger("tokenward").level == level

@@ -47,6 +47,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .configured import Credential, credential
+    from .events import Event, Subscription, subscribe
     from .integrations.httpx import TokenAuth
     from .integrations.mcp import McpLoginRequired as McpLoginRequired
     from .integrations.sdk import ExpiryGuard
@@ -86,6 +87,7 @@ _LAZY: dict[str, str] = {
     "Credential": ".configured",
     "DotenvStore": ".stores.dotenv",
     "EncryptedStore": ".stores.encrypted",
+    "Event": ".events",
     "ExpiryGuard": ".integrations.sdk",
     "ExpiryRule": ".rules",
     "FunctionSource": ".sources",
@@ -104,11 +106,13 @@ _LAZY: dict[str, str] = {
     "Source": ".sources",
     "Store": ".stores.base",
     "StoreDecryptionError": ".stores.encrypted",
+    "Subscription": ".events",
     "Token": ".token",
     "TokenAuth": ".integrations.httpx",
     "TokenManager": ".manager",
     "credential": ".configured",
     "open_store": ".stores.url",
+    "subscribe": ".events",
 }
 
 #: Subpackages and modules reachable as attributes (`tokenward.stores`) without an explicit
@@ -143,6 +147,7 @@ __all__ = [
     "CredentialNotSeeded",
     "DotenvStore",
     "EncryptedStore",
+    "Event",
     "ExpiryGuard",
     "ExpiryRule",
     "FunctionSource",
@@ -172,6 +177,7 @@ __all__ = [
     "StoreCorrupted",
     "StoreDecryptionError",
     "StoreError",
+    "Subscription",
     "Token",
     "TokenAuth",
     "TokenManager",
@@ -181,6 +187,7 @@ __all__ = [
     "__version__",
     "credential",
     "open_store",
+    "subscribe",
 ]
 
 

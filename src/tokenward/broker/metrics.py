@@ -4,12 +4,12 @@ Why a registry per app (not prometheus-client's global one): tests and embedders
 several apps in one process; each must count only its own work. Credential state (refresh
 count, seconds to expiry, state) is read from the store at scrape time, so every replica
 reports the same, cluster-wide numbers; refreshes done and failures seen are counted from this
-replica's `tokenward` events; proxy latency is this replica's.
+replica's `tokenward` events (subscribed to, so logging's level never stops them); proxy latency
+is this replica's.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 
@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..events import Event, Subscription, subscribe
 from ..stores.base import Store
 
 __all__ = ["BrokerMetrics", "EventCounter"]
@@ -68,9 +69,10 @@ class _StoreCollector(Collector):
         yield reauth
 
 
-class EventCounter(logging.Handler):
-    """Counts refresh events of the `tokenward` logger by credential, and the lease waits on
-    silent holders and takeovers of dead ones (`silent`: waits, seconds waited, takeovers)."""
+class EventCounter:
+    """Counts refresh events (a `tokenward.events` subscriber) by credential, and the lease
+    waits on silent holders and takeovers of dead ones (`silent`: waits, seconds waited,
+    takeovers). A subscriber, not a log handler: it counts whatever the logger's level."""
 
     def __init__(
         self,
@@ -79,16 +81,14 @@ class EventCounter(logging.Handler):
         names: frozenset[str],
         silent: tuple[Counter, Counter, Counter] | None = None,
     ) -> None:
-        super().__init__(logging.DEBUG)
         self._done = done
         self._failed = failed
         self._names = names
         self._silent = silent
 
-    def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "event", None)
-        credential = getattr(record, "credential", None)
-        if not isinstance(credential, str) or credential not in self._names:
+    def __call__(self, happened: Event) -> None:
+        event, credential = happened.name, happened.credential
+        if credential not in self._names:
             return
         if event in _DONE:
             self._done.labels(credential).inc()
@@ -99,7 +99,7 @@ class EventCounter(logging.Handler):
             if event == "lease.holder_silent":
                 waits.labels(credential).inc()
             elif event == "lease.silent_wait_ended":
-                waited = getattr(record, "waited", 0.0)
+                waited = happened.fields.get("waited", 0.0)
                 seconds.labels(credential).inc(max(float(waited), 0.0))
             else:
                 takeovers.labels(credential).inc()
@@ -171,14 +171,13 @@ class BrokerMetrics:
         self._requests: dict[tuple[str, int], Counter] = {}
         self._proxy: dict[tuple[str, int], Histogram] = {}
         self.registry.register(_StoreCollector(stores))
-        self._handler = EventCounter(
+        self._counter = EventCounter(
             self.refreshes,
             self.failures,
             frozenset(stores()),
             (self.silent_waits, self.silent_wait_seconds, self.lease_takeovers),
         )
-        self._logger = logging.getLogger("tokenward")
-        self._saved_level = self._logger.level
+        self._subscription: Subscription | None = None
 
     def request(self, action: str, status: int) -> Counter:
         """The `tokenward_broker_requests` child for (action, status)."""
@@ -206,15 +205,15 @@ class BrokerMetrics:
         return child
 
     def attach(self) -> None:
-        """Start counting events (lowers the `tokenward` logger to INFO if it is above)."""
-        self._logger.addHandler(self._handler)
-        if self._logger.getEffectiveLevel() > logging.INFO:
-            self._logger.setLevel(logging.INFO)
+        """Start counting events (idempotent)."""
+        if self._subscription is None:
+            self._subscription = subscribe(self._counter)
 
     def detach(self) -> None:
-        self._logger.removeHandler(self._handler)
-        if self._logger.level == logging.INFO and self._saved_level != logging.INFO:
-            self._logger.setLevel(self._saved_level)
+        """Stop counting (the broker's shutdown): a stopped app keeps no subscriber alive."""
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

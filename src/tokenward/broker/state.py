@@ -22,7 +22,7 @@ from .accesslog import QueryStringFilter
 from .auth import BrokerError, ClientRegistry
 from .config import BrokerConfig, ClientEntry, Limits
 from .errors import credential_error
-from .metrics import BrokerMetrics, EventCounter
+from .metrics import BrokerMetrics
 from .runtime import BrokerCredential
 from .sessions import SessionRegistry, StopOutcome
 
@@ -33,8 +33,7 @@ audit_logger = logging.getLogger("tokenward.audit")
 
 def _audit_emitted() -> bool:
     """Whether some handler could write an INFO line of `tokenward.audit` (the same walk as
-    `Logger.callHandlers`). The metrics handler is left out: it counts refresh events only,
-    never an audit line. When nothing would write it, the line is not built at all."""
+    `Logger.callHandlers`). When nothing would write it, the line is not built at all."""
     if audit_logger.disabled or not audit_logger.isEnabledFor(logging.INFO):
         return False
     if audit_logger.filters:  # a filter sees every record: let it
@@ -44,7 +43,7 @@ def _audit_emitted() -> bool:
     while logger is not None:
         for handler in logger.handlers:
             found = True
-            if handler.level <= logging.INFO and not isinstance(handler, EventCounter):
+            if handler.level <= logging.INFO:
                 return True
         logger = logger.parent if logger.propagate else None
     last = logging.lastResort  # None: let logging say that no handler was found
