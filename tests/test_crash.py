@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import logging
 import os
 import random
 import subprocess
@@ -24,6 +23,7 @@ import httpx2
 import pytest
 import workers
 
+from tokenward import events
 from tokenward.errors import ReauthorizationRequired
 from tokenward.integrations.httpx import TokenAuth
 from tokenward.stores.base import Record, Store
@@ -101,29 +101,21 @@ class Child:
         self.close()
 
 
-class _Events(logging.Handler):
-    """The names of the tokenward events emitted while it is attached."""
+class _Events:
+    """The names of the tokenward events emitted while it is attached (a subscriber: whatever
+    the `tokenward` logger's level)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
         self.names: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        name = getattr(record, "event", None)
-        if name is not None:
-            self.names.append(name)
+        self._subscription: events.Subscription | None = None
 
     def attach(self) -> _Events:
-        logger = logging.getLogger("tokenward")
-        self._level = logger.level
-        logger.addHandler(self)
-        logger.setLevel(logging.DEBUG)
+        self._subscription = events.subscribe(lambda event: self.names.append(event.name))
         return self
 
     def detach(self) -> None:
-        logger = logging.getLogger("tokenward")
-        logger.removeHandler(self)
-        logger.setLevel(self._level)
+        if self._subscription is not None:
+            self._subscription.close()
 
 
 def _settle(emu: Emulator) -> None:

@@ -49,6 +49,7 @@ from .config import CONFIG_ENV, ConfigError, load_config, load_preset, preset_na
 from .configure import STARTER, append_credential, target_path, write_private
 
 if TYPE_CHECKING:
+    from .events import Event
     from .refresher import Refresher
 
 __all__ = [
@@ -221,51 +222,41 @@ def _deadline(timeout: float | None) -> dict[str, Any]:
     }
 
 
-class _RetryProgress(logging.Handler):
+def _show_retry(event: Event) -> None:
     """Prints each failed attempt at the provider (the `refresh.failed` transient events)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "event", None) != "refresh.failed":
-            return
-        fields = getattr(record, "tokenward", {})
-        if fields.get("kind") != "transient":
-            return
-        wait = fields.get("retry_in")
-        then = f"retrying in {wait:.1f}s" if wait is not None else "giving up"
-        name = getattr(record, "credential", "?")
-        click.echo(
-            f"{name}: attempt {fields.get('attempt')} failed ({fields.get('detail')}); {then}",
-            err=True,
-        )
+    if event.name != "refresh.failed" or event.fields.get("kind") != "transient":
+        return
+    wait = event.fields.get("retry_in")
+    then = f"retrying in {wait:.1f}s" if wait is not None else "giving up"
+    click.echo(
+        f"{event.credential}: attempt {event.fields.get('attempt')} failed "
+        f"({event.fields.get('detail')}); {then}",
+        err=True,
+    )
 
 
 @contextlib.contextmanager
 def _retry_progress() -> Iterator[None]:
     """Show retries on a terminal (stderr), where a silent 30-second wait looks like a hang;
-    pipes and scripts keep the one-line error only."""
-    from .events import logger
+    pipes and scripts keep the one-line error only. Either way logging's lastResort must not
+    print the raw events beside them (unless --debug asked for the log on a pipe). A
+    subscriber, not a log handler: no change to the `tokenward` logger's level."""
+    from .events import logger, subscribe
 
-    if not sys.stderr.isatty():
-        debug = click.get_current_context().meta.get("tokenward.debug")
-        quiet = None if debug else logging.NullHandler()  # else logging's lastResort prints
-        if quiet is not None:
-            logger.addHandler(quiet)
-        try:
-            yield
-        finally:
-            if quiet is not None:
-                logger.removeHandler(quiet)
-        return
-    handler: logging.Handler = _RetryProgress(logging.INFO)
-    logger.addHandler(handler)
-    previous = logger.level
-    if not logger.isEnabledFor(logging.WARNING):
-        logger.setLevel(logging.WARNING)
+    tty = sys.stderr.isatty()
+    debug = click.get_current_context().meta.get("tokenward.debug")
+    quiet = logging.NullHandler() if tty or not debug else None
+    if quiet is not None:
+        logger.addHandler(quiet)
     try:
-        yield
+        if tty:
+            with subscribe(_show_retry):
+                yield
+        else:
+            yield
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
+        if quiet is not None:
+            logger.removeHandler(quiet)
 
 
 @cli.command()
