@@ -159,3 +159,18 @@ def test_closing_the_subscription_stops_recording(
         manager.refresh()
     manager.refresh()
     assert len(spans.get_finished_spans()) == 1
+
+
+def test_an_adoption_ends_only_a_refresh_that_had_a_token(telemetry: Telemetry) -> None:
+    """A flow started without a token that finds a fresh one in the store ends silently; a
+    later adoption (on invalidate) must not become that flow's span."""
+    from tokenward import events
+
+    events.emit("token.requested", "api", version=None, force=False)
+    events.emit("token.adopted", "api", fingerprint="f" * 12, version=2)
+    assert telemetry.finished() == []
+    events.emit("token.requested", "api", version=2, force=True)
+    events.emit("token.adopted", "api", fingerprint="e" * 12, version=3)
+    (span,) = telemetry.finished()
+    assert dict(span.attributes or {})["tokenward.outcome"] == "adopted"
+    assert telemetry.points("tokenward.refreshes") == []  # another process's refresh

@@ -42,6 +42,10 @@ class _Pending:
 
     started: float
     forced: bool = False
+    #: Whether the caller had a token (`version` set). A flow started without one that finds a
+    #: fresh stored token returns without an event: a later `token.adopted` on this thread is
+    #: then an adoption on invalidate, not this flow's end.
+    had_token: bool = False
     retries: list[Event] = field(default_factory=list)
 
 
@@ -74,7 +78,13 @@ class _Consumer:
     def __call__(self, event: Event) -> None:
         key = (event.credential, threading.get_ident())
         if event.name == "token.requested":
-            self._start(key, _Pending(event.timestamp, bool(event.fields.get("force"))))
+            fields = event.fields
+            self._start(
+                key,
+                _Pending(
+                    event.timestamp, bool(fields.get("force")), fields.get("version") is not None
+                ),
+            )
         elif event.name in _ENDS:
             if event.name != "token.adopted":
                 self._refreshes.add(1, {**_base(event), "tokenward.outcome": _ENDS[event.name]})
@@ -105,7 +115,11 @@ class _Consumer:
 
     def _end(self, key: tuple[str, int], event: Event, outcome: str, error: str | None) -> None:
         with self._lock:
-            pending = self._pending.pop(key, None)
+            pending = self._pending.get(key)
+            if pending is not None and (outcome != "adopted" or pending.had_token):
+                del self._pending[key]
+            else:
+                pending = None
         if pending is None:
             # Not a refresh seen starting: an adoption on invalidate, a session token's mint, or
             # subscribed mid-refresh. Only a token's own duration says when a refresh began.
