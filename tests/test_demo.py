@@ -27,6 +27,7 @@ from demo import DemoResult
 from demo.race import (
     ActResult,
     DemoConfig,
+    DemoEmulator,
     Kill,
     SideOutcome,
     configured_emulator,
@@ -34,7 +35,6 @@ from demo.race import (
     failure_modes,
     run_act,
 )
-from tokenward.testing import Emulator
 
 #: The clone `python -m demo` runs from (`make demo` runs there; the demo is not in the wheel).
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +47,9 @@ class Recorder:
 
     def __init__(self, config: DemoConfig) -> None:
         self.config = config
-        self.made: list[Emulator] = []
+        self.made: list[DemoEmulator] = []
 
-    def __call__(self) -> Emulator:
+    def __call__(self) -> DemoEmulator:
         emulator = configured_emulator(self.config)
         if not self.made:  # the tokenward side: three API answers say "expired" (replayed)
             emulator.inject("401", times=3, endpoint="api")
@@ -79,9 +79,14 @@ def test_every_figure_is_the_providers_own_count() -> None:
     assert ours.failed == 0 and ours.invalid_grant == 0 and ours.env_token_valid
     # One refresh per lifetime for all processes together, plus at most one per injected 401
     # (a 401 on the current token means it was revoked: tokenward refreshes, then replays).
+    # The lifetimes run from the login to the provider's last API request: on a loaded machine
+    # the run lasts longer than its schedule, and needs more refreshes.
     assert ours.expiries >= 3
-    assert ours.expiries - 1 <= ours.refreshes <= ours.expiries + 1 + 3
+    assert 1 <= ours.refreshes <= demo.most_refreshes(ours.expiries) + 3
     assert (ours.cooldown_races, ours.stale_from_other_process, ours.env_rollbacks) == (0, 0, 0)
+    # No refresh token was presented twice: each one was spent once, by one process.
+    presented = [entry["presented"] for entry in recorder.made[0].grant_log]
+    assert len(presented) == len(set(presented)) == ours.refreshes
 
     # The hand-made side: several processes spend the same refresh token at the first expiry.
     assert theirs.stale_from_other_process >= 1 and theirs.invalid_grant >= 1
@@ -105,7 +110,11 @@ def test_the_hand_made_side_keeps_its_cooldown_and_retry_once() -> None:
         gaps = [later - earlier for earlier, later in itertools.pairwise(clocks)]
         spaced = [gap for gap in gaps if gap >= SMALL.cooldown / 2]
         assert len(gaps) - len(spaced) <= theirs.cooldown_races  # only a race beats it
-        assert len(clocks) <= act.duration / SMALL.cooldown + 2 + theirs.cooldown_races
+        # Its token calls fall between the login and the last API request (each one is
+        # followed by its retry), less than `expiries + 1` lifetimes: the run's real length,
+        # longer than its schedule on a loaded machine.
+        lasted = (theirs.expiries + 1) * SMALL.lifetime
+        assert len(clocks) <= lasted / SMALL.cooldown + 1 + theirs.cooldown_races
 
 
 @pytest.mark.e2e
@@ -289,7 +298,7 @@ def test_a_broken_tokenward_side_is_caught_and_its_logs_kept() -> None:
     """The self-check is not decoration: a provider that refuses tokenward's refresh token
     (an injected invalid_grant) shows up in the figures, and the processes' logs are kept."""
 
-    class Refusing(Emulator):
+    class Refusing(DemoEmulator):
         def reset_counters(self) -> None:  # the demo resets them right after the login
             super().reset_counters()
             self.inject("invalid_grant", times=50)
