@@ -203,7 +203,7 @@ def test_mercadolibre_preset_and_base_url_override(tmp_path: Path) -> None:
     config = load_config(path)
     ml = config.credential_config("ml")
     assert ml.get("token_url") == "https://api.mercadolibre.com/oauth/token"
-    assert ml.client_auth == "body" and ml.settings["rotating"] is True
+    assert ml.client_auth == "body" and ml.provider.rotating is True
     rule = ml.expiry_rule()
     assert rule is not None and dict(rule.json_fields) == {"message": "invalid_token"}
     assert config.credential_config("local").get("token_url") == "http://127.0.0.1:9/oauth/token"

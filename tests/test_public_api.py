@@ -127,6 +127,7 @@ print(json.dumps(loaded))
 
 
 @pytest.mark.e2e
+@pytest.mark.e2e  # a fresh interpreter: the only way to see what `import tokenward` loads
 def test_import_loads_no_optional_part() -> None:
     out = subprocess.run(
         [sys.executable, "-c", _PROBE], check=True, capture_output=True, text=True

@@ -47,7 +47,7 @@ def rekey(dry_run: bool, delete_unreadable: bool, config_path: Path | None) -> N
     try:
         stores: list[Store] = [config.store_for(c) for c in config.credentials.values()]
         if not stores:  # no credential yet: the [store] one (or the default store)
-            anonymous = CredentialConfig("", config.path or Path("tokenward.toml"), {})
+            anonymous = CredentialConfig("", config.path or Path("tokenward.toml"))
             stores = [config.store_for(anonymous)]
         seen: set[int] = set()
         failed = 0

@@ -28,7 +28,7 @@ def next_step(settings: CredentialConfig) -> str:
     unset = [
         str(value)[4:]
         for key in ("client_id", "client_secret", "api_key")
-        if str(value := settings.settings.get(key, "")).startswith("env:")
+        if str(value := getattr(settings.provider, key) or "").startswith("env:")
         and not os.environ.get(str(value)[4:])
     ]
     exports = "".join(f"export {var}=...; " for var in unset)
@@ -54,7 +54,7 @@ def _status_rows(config: Config) -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": name,
-                "preset": settings.settings.get("preset"),
+                "preset": settings.preset,
                 "grant": settings.grant,
                 "state": record.state if record else "empty",
                 "token": fingerprint(record.access_token) if record else "-",
@@ -88,7 +88,7 @@ def _prefix_rows(config: Config, prefix: str) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "name": key,
-                    "preset": owner.settings.get("preset") if owner else None,
+                    "preset": owner.preset if owner else None,
                     "grant": owner.grant if owner else None,
                     "state": record.state if record else "empty",
                     "token": fingerprint(record.access_token) if record else "-",

@@ -9,7 +9,6 @@ how to fix the problem. No message ever contains a secret: tokens are named by f
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 __all__ = [
@@ -40,6 +39,8 @@ __all__ = [
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`; did you mean 'x'?` when one of `choices` is close to `word` (a typo), else "".
     Shared by every message about an unknown name (config keys, presets, credentials)."""
+    import difflib  # only on the error path: `import tokenward` stays light
+
     close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 

@@ -271,7 +271,7 @@ def _obtain(
 ) -> Grant:
     """A fresh grant from the provider by the flow chosen (nothing stored yet)."""
     client = settings.oauth_client()
-    scope = settings.settings.get("scope")
+    scope = settings.provider.scope
     if device:
         if not client.device_authorization_url:
             raise ConfigError(
@@ -285,8 +285,8 @@ def _obtain(
         settings.require("authorize_url", "log in with a browser (or use --device)"),
         on_url=on_url,
         scope=scope,
-        extra=settings.settings.get("authorize_params"),
-        port=port if port is not None else int(settings.settings.get("redirect_port", 0)),
+        extra=settings.provider.authorize_params,
+        port=port if port is not None else settings.provider.redirect_port,
         browser=browser,
         timeout=timeout,
         credential=settings.name,
@@ -319,8 +319,8 @@ def revoke(
 
 def _no_revocation_endpoint(settings: CredentialConfig) -> str:
     """Why the provider cannot be asked, what it offers instead, and the fixes."""
-    preset = settings.settings.get("preset")
-    note = settings.settings.get("revocation_note")
+    preset = settings.preset
+    note = settings.provider.revocation_note
     origin = f"the {preset} preset" if preset else "it"
     text = f"{settings.where} has no revocation_url, so tokenward cannot revoke at the provider"
     if note:

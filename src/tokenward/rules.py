@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
+from .errors import did_you_mean
 from .jsonpath import lookup
 
 __all__ = ["PRESETS", "ExpiryRule", "www_authenticate_error"]
@@ -106,15 +107,22 @@ class ExpiryRule:
     def from_config(cls, config: Mapping[str, Any]) -> ExpiryRule:
         """Build a rule from a config table, e.g. `{"preset": "mercadolibre"}` or
         `{"statuses": [401, 419], "body_contains": ["token expired"]}`; keys given next to a
-        preset override it. Unknown keys and wrongly typed values raise `ValueError`, so a typo
-        in a config file fails at load time instead of silently never matching."""
+        preset override it. Every field is a key (`graphql_codes` and `graphql_statuses`
+        included). Unknown keys and wrongly typed values raise `ValueError`, so a typo in a
+        config file fails at load time instead of silently never matching. This is the one
+        parser of rules: `tokenward.toml`'s `expiry_rule` tables go through it too."""
         settings = dict(config)
         preset = settings.pop("preset", None)
+        if preset is not None and not isinstance(preset, str):
+            raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
         base = cls.preset(preset) if preset is not None else cls()
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ValueError(f"unknown expiry rule keys: {', '.join(unknown)}")
+        known = [f.name for f in fields(cls)]
+        for key in settings:
+            if key not in known:
+                names = ", ".join(["preset", *sorted(known)])
+                raise ValueError(
+                    f"unknown key {key!r}{did_you_mean(key, known)} (known keys: {names})"
+                )
         return replace(base, **{name: _CONVERT[name](name, v) for name, v in settings.items()})
 
     # -- matching -------------------------------------------------------------------------------
@@ -177,30 +185,31 @@ def _json(text: str) -> Any:
 
 # -- config conversion --------------------------------------------------------------------------
 def _ints(name: str, value: Any) -> frozenset[int]:
-    items = _list(name, value)
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        raise ValueError(f"expiry rule {name!r} must be a list of integers")
-    return frozenset(items)
+    if not _is_list(value) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError(f"{name} must be a list of HTTP status codes, e.g. [401], got {value!r}")
+    return frozenset(value)
 
 
 def _strs(name: str, value: Any) -> tuple[str, ...]:
-    items = _list(name, value)
-    if not all(isinstance(v, str) for v in items):
-        raise ValueError(f"expiry rule {name!r} must be a list of strings")
-    return tuple(items)
+    if not _is_list(value) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f'{name} must be a list of strings, e.g. ["expired"], got {value!r}')
+    return tuple(value)
 
 
-def _list(name: str, value: Any) -> list[Any]:
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise ValueError(f"expiry rule {name!r} must be a list")
-    return list(value)
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping)
 
 
 def _str_map(name: str, value: Any) -> dict[str, str]:
     if not isinstance(value, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
-        raise ValueError(f"expiry rule {name!r} must be a table of strings")
+        raise ValueError(
+            f'{name} must be a table of strings, e.g. {{ message = "invalid_token" }}, '
+            f"got {value!r}"
+        )
     return dict(value)
 
 

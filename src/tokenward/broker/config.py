@@ -2,8 +2,9 @@
 clients may do what.
 
 Why here and not in `tokenward.config`: the broker is an optional layer (the `broker` extra);
-the core configuration only has to tolerate a `[broker]` table, and this module reads it from
-the same TOML data. Errors are `ConfigError`s naming the table and the key, like the core's.
+the core configuration only checks that `[broker]` is a table and keeps it as written
+(`Config.broker`); this module types it, with the core's validator
+(`tokenward.config.validate.check_table`), so errors name the table and the key the same way.
 
     [broker]
     host = "127.0.0.1"
@@ -33,15 +34,15 @@ import hmac
 import os
 import re
 import secrets
-import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, find_config, parse_config
+from ..config import Config, ConfigError, load_config
+from ..config.validate import BOOL, STR, STR_LIST, TABLE, Check, check_table, table
 
 __all__ = [
     "KEY_PREFIX",
@@ -78,18 +79,19 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def _check(value: Any, kind: type | tuple[type, ...], where: str, expected: str) -> Any:
-    if isinstance(value, bool) and kind is not bool:
-        raise ConfigError(f"{where} must be {expected}, got {value!r}")
-    if not isinstance(value, kind):
-        raise ConfigError(f"{where} must be {expected}, got {value!r}")
-    return value
+def _number(*, integer: bool, positive: bool) -> Callable[[Any], bool]:
+    """A check for a number (an int when `integer`), > 0 when `positive`, else >= 0."""
+
+    def check(value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+            return False
+        return bool(value > 0 if positive else value >= 0)
+
+    return check
 
 
-def _str_list(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} must be a list of strings, got {value!r}")
-    return tuple(value)
+_POSITIVE_NUMBER: Check = (_number(integer=False, positive=True), "positive (a number)")
+_POSITIVE_INT: Check = (_number(integer=True, positive=True), "positive (an integer)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,31 +134,29 @@ class Policy:
         return False
 
 
-_POLICY_KEYS = {f.name for f in fields(Policy)}
+#: Every key a policy (or a client's own overrides) may hold.
+_POLICY_KEYS: dict[str, Check] = {
+    "credentials": STR_LIST,
+    "methods": STR_LIST,
+    "paths": STR_LIST,
+    "raw_tokens": BOOL,
+    "cors_origins": STR_LIST,
+    "rate": (_POSITIVE_NUMBER[0], "positive (a number per second)"),
+    "burst": _POSITIVE_INT,
+    "max_sessions": (_number(integer=True, positive=False), ">= 0 (an integer)"),
+    "admin": BOOL,
+}
 
 
-def _policy(table: Mapping[str, Any], base: Policy, where: str) -> Policy:
-    changes: dict[str, Any] = {}
-    for key, value in table.items():
-        at = f"{where} {key}"
-        if key in ("credentials", "paths", "cors_origins"):
-            changes[key] = _str_list(value, at)
-        elif key == "methods":
-            changes[key] = tuple(m.upper() for m in _str_list(value, at))
-        elif key in ("raw_tokens", "admin"):
-            changes[key] = _check(value, bool, at, "true or false")
-        elif key == "rate":
-            changes[key] = float(_check(value, (int, float), at, "a number (per second)"))
-            if changes[key] <= 0:
-                raise ConfigError(f"{at} must be positive")
-        elif key in ("burst", "max_sessions"):
-            changes[key] = _check(value, int, at, "an integer")
-            if changes[key] < 0 or (key == "burst" and changes[key] == 0):
-                raise ConfigError(f"{at} must be {'positive' if key == 'burst' else '>= 0'}")
-        else:
-            raise ConfigError(
-                f"{where}: unknown key {key!r} (known: {', '.join(sorted(_POLICY_KEYS))})"
-            )
+def _policy(entry: Mapping[str, Any], base: Policy, where: str) -> Policy:
+    check_table(entry, _POLICY_KEYS, where)
+    changes: dict[str, Any] = {
+        key: tuple(value) if isinstance(value, list) else value for key, value in entry.items()
+    }
+    if "methods" in changes:
+        changes["methods"] = tuple(m.upper() for m in changes["methods"])
+    if "rate" in changes:
+        changes["rate"] = float(changes["rate"])
     for path in changes.get("paths", ()):
         if not path.startswith(("/", "*")):
             raise ConfigError(f"{where} paths: {path!r} must start with / (or *)")
@@ -203,22 +203,14 @@ class Limits:
 
 
 _LIMIT_KINDS: dict[str, type] = {f.name: type(getattr(Limits(), f.name)) for f in fields(Limits)}
+_LIMIT_KEYS: dict[str, Check] = {
+    name: _POSITIVE_INT if kind is int else _POSITIVE_NUMBER for name, kind in _LIMIT_KINDS.items()
+}
 
 
-def _limits(table: Mapping[str, Any], where: str) -> Limits:
-    changes: dict[str, Any] = {}
-    for key, value in table.items():
-        kind = _LIMIT_KINDS.get(key)
-        if kind is None:
-            known = ", ".join(sorted(_LIMIT_KINDS))
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
-        expected = "an integer" if kind is int else "a number"
-        allowed: tuple[type, ...] = (int,) if kind is int else (int, float)
-        number = _check(value, allowed, f"{where} {key}", expected)
-        if number <= 0:
-            raise ConfigError(f"{where} {key} must be positive")
-        changes[key] = kind(number)
-    return replace(Limits(), **changes)
+def _limits(entry: Mapping[str, Any], where: str) -> Limits:
+    check_table(entry, _LIMIT_KEYS, where)
+    return replace(Limits(), **{key: _LIMIT_KINDS[key](value) for key, value in entry.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,41 +225,41 @@ class BrokerConfig:
     examples: bool = False
 
 
-_TOP = {"host", "port", "examples", "limits", "policies", "clients"}
+_TOP: dict[str, Check] = {
+    "host": STR,
+    "port": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 65536,
+        "a port number",
+    ),
+    "examples": BOOL,
+    "limits": TABLE,
+    "policies": (TABLE[0], "a table of [broker.policies.NAME] tables"),
+    "clients": (TABLE[0], "a table of [broker.clients.NAME] tables"),
+}
 
 
 def parse_broker(data: Mapping[str, Any], where: str = "[broker]") -> BrokerConfig:
     """Validate a decoded `[broker]` table."""
-    for key in data:
-        if key not in _TOP:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(_TOP))})")
-    host = _check(data.get("host", "127.0.0.1"), str, f"{where} host", "a string")
-    port = _check(data.get("port", 8421), int, f"{where} port", "a port number")
-    if not 0 <= port < 65536:
-        raise ConfigError(f"{where} port must be a port number, got {port}")
-    examples = _check(data.get("examples", False), bool, f"{where} examples", "true or false")
-    limits = _limits(_table(data.get("limits", {}), f"{where} limits"), f"{where}.limits")
+    check_table(data, _TOP, where)
+    limits = _limits(data.get("limits", {}), f"{where}.limits")
     policies: dict[str, Policy] = {}
-    for name, table in _table(data.get("policies", {}), f"{where} policies").items():
+    for name, entry in data.get("policies", {}).items():
         at = f"{where}.policies.{name}"
-        policies[name] = _policy(_table(table, at), Policy(), at)
+        policies[name] = _policy(table(entry, at), Policy(), at)
     clients = []
-    for name, table in _table(data.get("clients", {}), f"{where} clients").items():
-        clients.append(_client(name, _table(table, f"{where}.clients.{name}"), policies, where))
-    return BrokerConfig(host, port, limits, tuple(clients), examples)
-
-
-def _table(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a table, got {type(value).__name__}")
-    return value
+    for name, entry in data.get("clients", {}).items():
+        clients.append(_client(name, table(entry, f"{where}.clients.{name}"), policies, where))
+    host = data.get("host", "127.0.0.1")
+    return BrokerConfig(
+        host, data.get("port", 8421), limits, tuple(clients), data.get("examples", False)
+    )
 
 
 def _client(
-    name: str, table: dict[str, Any], policies: Mapping[str, Policy], where: str
+    name: str, entry: dict[str, Any], policies: Mapping[str, Policy], where: str
 ) -> ClientEntry:
     at = f"{where}.clients.{name}"
-    rest = dict(table)
+    rest = dict(entry)
     digest = rest.pop("key_sha256", None)
     if not isinstance(digest, str) or not _HEX64.match(digest):
         raise ConfigError(
@@ -285,16 +277,10 @@ def _client(
 
 
 def load_broker(path: str | os.PathLike[str] | None = None) -> tuple[Config, BrokerConfig]:
-    """The credentials configuration and its `[broker]` table, from one file."""
-    found = find_config(path)
-    try:
-        data = tomllib.loads(found.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{found}: cannot read the configuration: {exc}") from None
-    broker = _table(data.get("broker", {}), f"{found}: [broker]")
-    core = {k: v for k, v in data.items() if k != "broker"}
-    config = parse_config(core, found, stat.S_IMODE(found.stat().st_mode))
-    return config, parse_broker(broker, f"{found}: [broker]")
+    """The credentials configuration and its `[broker]` table, from one file read once: the
+    broker builds on the core's typed `Config` (credentials validated there, not again)."""
+    config = load_config(path)
+    return config, parse_broker(config.broker, f"{config.path}: [broker]")
 
 
 def client_table(

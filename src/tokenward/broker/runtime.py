@@ -50,7 +50,7 @@ class BrokerCredential:
     def base_url(self) -> str | None:
         """`base_url` from the settings (read once: the proxy asks on every request)."""
         if self._base_url is None:
-            value = self.config.settings.get("base_url")
+            value = self.config.provider.base_url
             self._base_url = (str(value) if value else None,)
         return self._base_url[0]
 
@@ -71,7 +71,7 @@ class BrokerCredential:
     @property
     def mints(self) -> bool:
         """Session-scoped and API-key-exchange tokens are minted per call, never cached."""
-        return bool(self.config.settings.get("session_scoped")) or self.config.grant == "api_key"
+        return self.config.session_scoped or self.config.grant == "api_key"
 
     @property
     def manager(self) -> TokenManager:
@@ -94,10 +94,10 @@ class BrokerCredential:
     def lifetime_basis(self) -> str:
         """Where a minted token's `expires_at` comes from: the provider's answer, the
         preset's (documented or assumed) lifetime, or nowhere."""
-        settings = self.config.settings
-        if settings.get("expires_in_path") or settings.get("expires_at_path"):
+        provider = self.config.provider
+        if provider.expires_in_path or provider.expires_at_path:
             return "provider"
-        return "preset" if settings.get("default_lifetime") else "unknown"
+        return "preset" if provider.default_lifetime else "unknown"
 
     async def mint(self, client: httpx2.AsyncClient) -> Token:
         """A brand-new token (never cached, never stored, never handed out twice)."""

@@ -31,7 +31,7 @@ async def list_credentials(client: Client, state: State) -> list[CredentialOut]:
             CredentialOut(
                 name=name,
                 grant=cred.config.grant,
-                session_scoped=bool(cred.config.settings.get("session_scoped")),
+                session_scoped=cred.config.session_scoped,
                 state=record.state if record else "empty",
                 version=record.version if record else 0,
                 fingerprint=fingerprint(record.access_token if record else None),
