@@ -172,3 +172,16 @@ def test_renamed_keyword_refuses_mistakes(tmp_path: Path) -> None:
         tokenward.credential()
     with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="both 'key' and"):
         tokenward.credential("m2m", name="m2m")
+
+
+def test_login_functions_take_key_and_still_accept_name(tmp_path: Path) -> None:
+    from tokenward.login import login, revoke
+
+    path = _config(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert revoke(key="m2m", config=path, local=True) is None  # nothing stored yet
+    with pytest.warns(DeprecationWarning, match=r"tokenward\.login\.revoke: the keyword 'name'"):
+        assert revoke(name="m2m", config=path, local=True) is None
+    with pytest.raises(TypeError, match="missing required argument: 'key'"):
+        login(config=path)

@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx2
 
+from ._compat import renamed_keyword
 from .config import Config, ConfigError, CredentialConfig, load_config
 from .sources.authorization import (
     AuthorizationDenied,
@@ -230,7 +231,7 @@ def _ignore_device(device: DeviceAuthorization) -> None:
 
 
 def login(
-    name: str,
+    key: str | None = None,
     config: str | os.PathLike[str] | Config | None = None,
     *,
     device: bool = False,
@@ -240,15 +241,18 @@ def login(
     on_url: OnUrl = _ignore_url,
     on_device: OnDevice = _ignore_device,
     store: Store | None = None,
+    **deprecated: Any,
 ) -> Record:
-    """Log in to the configured credential `name` and store the grant; returns the stored
-    record (`fingerprint(record.access_token)` names the token without showing it).
+    """Log in to the configured credential `key` and store the grant; returns the stored
+    record (`fingerprint(record.access_token)` names the token without showing it). `name=` is
+    the deprecated spelling of `key=`.
 
     The browser flow listens on `port` (default: the credential's `redirect_port`, else a free
     port); `device=True` uses the device flow (needs `device_authorization_url`). `store`
     defaults to the credential's store from the configuration."""
+    key = renamed_keyword(key, deprecated, old="name", new="key", call="tokenward.login.login")
     loaded = config if isinstance(config, Config) else load_config(config)
-    settings = loaded.credential_config(name)
+    settings = loaded.credential_config(key)
     fresh = _obtain(settings, device, port, browser, timeout, on_url, on_device)
     with settings.manager(store if store is not None else loaded.store_for(settings)) as manager:
         return manager.seed(
@@ -294,25 +298,28 @@ def _obtain(
 
 
 def revoke(
-    name: str,
+    key: str | None = None,
     config: str | os.PathLike[str] | Config | None = None,
     *,
     local: bool = False,
     via: str = "",
     store: Store | None = None,
+    **deprecated: Any,
 ) -> Record | None:
-    """Revoke the configured credential `name`'s grant at the provider (`TokenManager.revoke`
+    """Revoke the configured credential `key`'s grant at the provider (`TokenManager.revoke`
     with the credential's `revocation_url`), or with `local=True` only forget the stored tokens
     (no client secret needed: the provider keeps them valid until they expire). The record is
     left without tokens, in state `needs_reauth`; None when nothing was stored. A credential
-    without `revocation_url` raises `ConfigError` saying what the provider offers instead."""
+    without `revocation_url` raises `ConfigError` saying what the provider offers instead.
+    `name=` is the deprecated spelling of `key=`."""
+    key = renamed_keyword(key, deprecated, old="name", new="key", call="tokenward.login.revoke")
     loaded = config if isinstance(config, Config) else load_config(config)
-    settings = loaded.credential_config(name)
+    settings = loaded.credential_config(key)
     if not local and not settings.get("revocation_url"):
         raise ConfigError(_no_revocation_endpoint(settings))
     chosen = store if store is not None else loaded.store_for(settings)
     if local:
-        return revoke_stored(chosen, name, None, via=via)
+        return revoke_stored(chosen, key, None, via=via)
     with settings.manager(chosen) as manager:
         return manager.revoke(settings.oauth_client(), via=via)
 
