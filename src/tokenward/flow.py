@@ -3,29 +3,24 @@
 `refresh_flow` decides everything: when to adopt a token another process stored, when to take
 the store lease, how to retry, what a refusal means, and what to persist. It does no I/O: it
 yields small operations (`Load`, `Save`, `Acquire`, `Http`, `Sleep`, ...) and receives their
-results. Two thin drivers, `run` (threads) and `run_async` (asyncio), carry the operations out,
-so sync and async callers share one implementation, in the spirit of httpx's `Auth.auth_flow`.
+results. It reads no clock (it asks with `Now`) and logs nothing (it yields `Notify` events).
+Two thin drivers in `tokenward.driver`, `run` (threads) and `run_async` (asyncio), carry the
+operations out, so sync and async callers share one implementation, in the spirit of httpx's
+`Auth.auth_flow`; tests/test_flow.py drives the generators by hand.
+
+Longer than 500 lines on purpose: the operations and the one protocol that yields them belong
+together, so every decision can be read (and tested) in one place.
 
 See DESIGN.md, "Refresh protocol for one credential", and invariants 1, 2, 5 and 6.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
-import heapq
-import itertools
-import os
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import httpx2
-
-from . import events
 from .errors import (
     CredentialNotSeeded,
     LeaseTimeout,
@@ -37,12 +32,12 @@ from .errors import (
 )
 from .retry import RetryPolicy
 from .sources.base import HttpSource, PriorGrant, Source
-from .sources.function import Called, FunctionSource, atimed, timed
+from .sources.function import Called, FunctionSource
 from .stores.base import Begun, Claim, InFlightMark, Record, Store
 from .token import Grant, Token, fingerprint
-from .transport import HttpRequest, send, send_async
+from .transport import HttpRequest
 
-__all__ = ["FlowContext", "mint_flow", "refresh_flow", "run", "run_async"]
+__all__ = ["Flow", "FlowContext", "Op", "mint_flow", "refresh_flow"]
 
 
 # -- operations ---------------------------------------------------------------------------------
@@ -160,11 +155,25 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class Notify:
-    """An event for the driver to emit (`tokenward.events`)."""
+    """An event for the driver to emit (`tokenward.events.emit`): the protocol logs nothing
+    itself, so a test sees every event as an operation, in order."""
 
     event: str
     key: str
     fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Now:
+    """Ask the driver for the monotonic clock, in seconds: the protocol reads no clock itself,
+    so a test can script time (backoff deadlines, lease waits, durations)."""
+
+
+NOW = Now()
+
+
+def _event(event: str, key: str, **fields: Any) -> Notify:
+    return Notify(event, key, fields)
 
 
 Op = (
@@ -183,6 +192,7 @@ Op = (
     | Begin
     | Finish
     | Notify
+    | Now
 )
 Flow = Generator[Op, Any, Token]
 
@@ -218,23 +228,23 @@ def refresh_flow(
     Store round trips on the common path: `Load` (unless `known`), `Begin` (lease, record,
     in-flight record and mark), the token request, `Finish` (compare-and-set, clear, release).
     """
-    events.emit("token.requested", ctx.key, version=seen.version if seen else None, force=force)
+    yield _event("token.requested", ctx.key, version=seen.version if seen else None, force=force)
     rec = known if known is not None else (yield Load(ctx.key))
-    if (token := _adoptable(ctx, rec, seen)) is not None:
+    if (token := (yield from _adoptable(ctx, rec, seen))) is not None:
         return token
     begun: Begun = yield Begin(ctx.key, ctx.owner, ctx.lease_ttl, _mark_for(ctx, rec))
     if not begun.acquired:
-        if (token := _adoptable(ctx, begun.record, seen)) is not None:
+        if (token := (yield from _adoptable(ctx, begun.record, seen))) is not None:
             return token
         if (token := (yield from _take_lease(ctx, seen))) is not None:
             return token
         # The lease is ours now: read the record under it (and mark) in the same round trip.
         begun = yield Begin(ctx.key, ctx.owner, ctx.lease_ttl, _mark_for(ctx, begun.record))
-    leased_at = time.monotonic()
+    leased_at: float = yield NOW
     lease = _Held(in_flight=begun.marked)
     try:
         rec = begun.record
-        if (token := _adoptable(ctx, rec, seen)) is not None:
+        if (token := (yield from _adoptable(ctx, rec, seen))) is not None:
             return token
         if ctx.source.needs_record and (rec is None or not rec.refresh_token):
             raise CredentialNotSeeded(ctx.key)
@@ -267,7 +277,9 @@ def _mark_for(ctx: FlowContext, rec: Record | None) -> InFlightMark | None:
     return InFlightMark(rec.version, fingerprint(rec.refresh_token), ctx.request_deadline)
 
 
-def _adoptable(ctx: FlowContext, rec: Record | None, seen: Token | None) -> Token | None:
+def _adoptable(
+    ctx: FlowContext, rec: Record | None, seen: Token | None
+) -> Generator[Op, Any, Token | None]:
     """The stored token, if it is newer than `seen` and fresh; raises if re-auth is pending."""
     _check_readable(ctx, rec)
     token = rec.token() if rec else None
@@ -280,14 +292,16 @@ def _adoptable(ctx: FlowContext, rec: Record | None, seen: Token | None) -> Toke
         and ctx.fresh(token)
     ):
         if seen is not None:
-            events.emit(
-                "token.adopted", ctx.key, fingerprint=token.fingerprint, version=token.version
-            )
+            yield _adopted(ctx, token)
         return token
     if rec is not None and rec.state == "needs_reauth" and ctx.source.needs_record:
         # Invariant 5/6: never present a refused refresh token again; wait for a re-seed.
         raise ReauthorizationRequired.stored(ctx.key, rec.last_error)
     return None
+
+
+def _adopted(ctx: FlowContext, token: Token) -> Notify:
+    return _event("token.adopted", ctx.key, fingerprint=token.fingerprint, version=token.version)
 
 
 def _check_readable(ctx: FlowContext, rec: Record | None) -> None:
@@ -303,17 +317,17 @@ def _take_lease(ctx: FlowContext, seen: Token | None) -> Generator[Op, Any, Toke
     stalling everyone for the rest of its TTL. One whose liveness cannot be known is waited out,
     as before, and said so: `lease.holder_silent` when the wait starts, `lease.silent_wait_ended`
     with how long it lasted."""
-    started = time.monotonic()
+    started: float = yield NOW
     pause = 0.01
     silent_since: float | None = None
     waited = 0.0
     while not (yield Acquire(ctx.key, ctx.owner, ctx.lease_ttl)):
         rec = yield Load(ctx.key)
-        if (token := _adoptable(ctx, rec, seen)) is not None:
+        if (token := (yield from _adoptable(ctx, rec, seen))) is not None:
             yield from _silence_ended(ctx, silent_since, waited, "adopted")
             return token
         holder: Holder | None = yield Inspect(ctx.key)
-        waited = time.monotonic() - started
+        waited = (yield NOW) - started
         if holder is not None and holder.alive is False:
             claim = holder.claim
             if (yield TakeOver(ctx.key, claim.owner, ctx.owner, ctx.lease_ttl)):
@@ -377,7 +391,7 @@ def _await_in_flight(
             # stores its answer and drops its in-flight record in one step (`Finish`), so
             # "nothing in flight" can mean "its new refresh token is stored now".
             now: Record | None = yield Load(ctx.key)
-            if (token := _adoptable(ctx, now, seen)) is not None:
+            if (token := (yield from _adoptable(ctx, now, seen))) is not None:
                 yield from _silence_ended(ctx, 0.0 if silent else None, slept, "adopted")
                 return token
             yield from _silence_ended(ctx, 0.0 if silent else None, slept, "in_flight_over")
@@ -401,7 +415,7 @@ def _await_in_flight(
         ):
             raise LeaseTimeout(ctx.key, slept)
         latest: Record | None = yield Load(ctx.key)
-        if (token := _adoptable(ctx, latest, seen)) is not None:
+        if (token := (yield from _adoptable(ctx, latest, seen))) is not None:
             yield from _silence_ended(ctx, 0.0 if silent else None, slept, "adopted")
             return token
         if latest is not None and latest.refresh_token != rec.refresh_token:
@@ -448,8 +462,8 @@ def _backoff(
     retry: RetryPolicy, key: str, exc: TransientError, retries: int, started: float
 ) -> Generator[Op, Any, None]:
     """Sleep before retry number `retries`, or raise `RefreshFailed` past the deadline."""
-    delay = retry.delay(retries, time.monotonic() - started, exc.retry_after)
-    events.emit(
+    delay = retry.delay(retries, (yield NOW) - started, exc.retry_after)
+    yield _event(
         "refresh.failed",
         key,
         kind="transient",
@@ -465,7 +479,7 @@ def _backoff(
 def mint_flow(source: Source, key: str, retry: RetryPolicy) -> Flow:
     """A brand-new token straight from `source`, never from a store or cache (session-scoped
     tokens), with the same transient-failure retries as a refresh. Yields no store operation."""
-    started = time.monotonic()
+    started: float = yield NOW
     retries = 0
     while True:
         try:
@@ -486,7 +500,7 @@ def _refresh(
     before every attempt (a backoff may have outlived it) unless it was taken moments ago
     (`leased_at`, monotonic): one store round trip less on the common path. `marked`: `Begin`
     already marked `rec`'s refresh token in flight (the first attempt need not)."""
-    started = time.monotonic()
+    started: float = yield NOW
     retries = 0
     lost = False  # an earlier attempt's answer never arrived
     held = held or _Held()
@@ -498,7 +512,7 @@ def _refresh(
             and not (yield Renew(ctx.key, ctx.owner, ctx.lease_ttl))
             and not (yield Acquire(ctx.key, ctx.owner, ctx.lease_ttl))
         ):
-            raise LeaseTimeout(ctx.key, time.monotonic() - started)
+            raise LeaseTimeout(ctx.key, (yield NOW) - started)
         if _guards_in_flight(ctx) and rec is not None and rec.refresh_token and not marked:
             # Before the refresh token leaves: a process that takes our lease while we are
             # stalled must not present it again (see _await_in_flight).
@@ -514,7 +528,7 @@ def _refresh(
                 # The provider may have rotated the refresh token and we never saw the new one.
                 # Retry once, at once, with the same one: providers with a grace period accept it.
                 lost = True
-                events.emit("refresh.answer_lost", ctx.key, detail=exc.detail)
+                yield _event("refresh.answer_lost", ctx.key, detail=exc.detail)
                 continue
             retries += 1
             yield from _backoff(ctx.retry, ctx.key, exc, retries, started)
@@ -522,10 +536,10 @@ def _refresh(
         except ReauthorizationRequired as exc:
             return (yield from _refused(ctx, rec, exc, lost, held))
         except MalformedTokenResponse as exc:
-            events.emit("refresh.failed", ctx.key, kind="malformed", detail=exc.field)
+            yield _event("refresh.failed", ctx.key, kind="malformed", detail=exc.field)
             raise
         except _Rotated as rotated:
-            events.emit("refresh.failed", ctx.key, kind="malformed", detail=rotated.error.field)
+            yield _event("refresh.failed", ctx.key, kind="malformed", detail=rotated.error.field)
             yield from _keep_refresh_token(ctx, rec, rotated)
             raise rotated.error from None
         return (yield from _commit(ctx, rec, grant, started, held))
@@ -545,7 +559,7 @@ def _keep_refresh_token(
     ):
         latest: Record | None = yield Load(ctx.key)
         base = latest or Record(ctx.key)
-    events.emit("store.refresh_token_kept", ctx.key, reason=rotated.error.field)
+    yield _event("store.refresh_token_kept", ctx.key, reason=rotated.error.field)
 
 
 def _refused(
@@ -562,9 +576,7 @@ def _refused(
     if latest is not None and latest.version > current and latest.state == "ok":
         token = latest.token()
         if token is not None and ctx.fresh(token):
-            events.emit(
-                "token.adopted", ctx.key, fingerprint=token.fingerprint, version=token.version
-            )
+            yield _adopted(ctx, token)
             return token
         if latest.refresh_token and (rec is None or latest.refresh_token != rec.refresh_token):
             # Re-seeded (a login) or rotated by a process whose lease outlived ours: the refused
@@ -575,8 +587,8 @@ def _refused(
     )
     base = latest or Record(ctx.key)
     yield Save(base.successor(state="needs_reauth", last_error=str(error)), base.version)
-    events.emit("refresh.failed", ctx.key, kind="permanent", error=exc.error, answer_lost=lost)
-    events.emit("reauth.required", ctx.key, error=exc.error, answer_lost=lost)
+    yield _event("refresh.failed", ctx.key, kind="permanent", error=exc.error, answer_lost=lost)
+    yield _event("reauth.required", ctx.key, error=exc.error, answer_lost=lost)
     raise error from None
 
 
@@ -620,279 +632,27 @@ def _commit(
             # within the retry deadline instead of dropping it. A Save that did commit before
             # the error shows up as a conflict with our own version, and is written on top.
             failures += 1
-            failed_at = failed_at or time.monotonic()
-            delay = ctx.retry.delay(failures, time.monotonic() - failed_at, None)
-            events.emit("store.retry", ctx.key, detail=str(exc), attempt=failures)
+            now: float = yield NOW
+            failed_at = failed_at or now
+            delay = ctx.retry.delay(failures, now - failed_at, None)
+            yield _event("store.retry", ctx.key, detail=str(exc), attempt=failures)
             if delay is None:
                 raise
             yield Sleep(delay)
             continue
         expected = latest.version if latest else 0
-        events.emit("store.conflict", ctx.key, version=expected)
+        yield _event("store.conflict", ctx.key, version=expected)
         new = replace(new, version=expected + 1)
     token = new.token()
     assert token is not None
     event = "token.refreshed" if base.access_token else "token.obtained"
-    events.emit(
+    finished: float = yield NOW
+    yield _event(
         event,
         ctx.key,
         fingerprint=token.fingerprint,
         version=token.version,
         expires_in=None if token.lifetime is None else round(token.lifetime, 3),
-        duration_ms=round((time.monotonic() - started) * 1000, 1),
+        duration_ms=round((finished - started) * 1000, 1),
     )
     return token
-
-
-# -- drivers ------------------------------------------------------------------------------------
-def _call_async_function(source: FunctionSource, current: Token | None) -> Any:
-    """Run an async token function from sync code (in a helper thread if a loop is running)."""
-
-    async def call() -> Any:
-        return await source.fn(current)  # type: ignore[misc]
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(call())
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, call()).result()
-
-
-def _need(store: Store | None) -> Store:
-    if store is None:
-        raise TypeError("this flow needs a store, and the driver was given none")
-    return store
-
-
-class _LeaseKeeper:
-    """Renews the leases of HTTP requests in flight, every third of their TTL.
-
-    One scheduler thread per process (started on first use) instead of a thread per request:
-    most token requests finish long before their first renewal is due, and a refresher doing
-    hundreds of refreshes a second would otherwise start as many threads. The renewals run on
-    a small pool, so a store that hangs delays only its own leases' renewals.
-    """
-
-    def __init__(self) -> None:
-        self._due: list[tuple[float, int, _Kept]] = []
-        self._seq = itertools.count()
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-
-    def keep(self, store: Store, lease: Renew) -> _Kept:
-        kept = _Kept(store, lease)
-        with self._wake:
-            if self._thread is None or not self._thread.is_alive():
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    4, thread_name_prefix="tokenward-lease"
-                )
-                self._thread = threading.Thread(
-                    target=self._run, name="tokenward-lease-keeper", daemon=True
-                )
-                self._thread.start()
-            self._schedule(kept)
-            if self._due[0][2] is kept:  # due before anything else: the keeper must wake sooner
-                self._wake.notify()
-        return kept
-
-    def _schedule(self, kept: _Kept) -> None:
-        """File `kept`'s next renewal, a third of its TTL from now (caller holds `_wake`)."""
-        heapq.heappush(self._due, (time.monotonic() + kept.lease.ttl / 3, next(self._seq), kept))
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._due or self._due[0][0] > time.monotonic():
-                    self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
-                _, _, kept = heapq.heappop(self._due)
-                if kept.done:
-                    continue
-                self._schedule(kept)
-            try:
-                assert self._pool is not None
-                self._pool.submit(kept.renew)
-            except RuntimeError:  # the interpreter is shutting down: no new pool work
-                kept.renew()
-
-
-@dataclass(slots=True)
-class _Kept:
-    store: Store
-    lease: Renew
-    done: bool = False
-
-    def renew(self) -> None:
-        # Best effort: if the lease is lost or the store fails, the commit's compare-and-set
-        # still guards the record, and the request's own outcome is what counts.
-        if self.done:
-            return
-        try:
-            if not self.store.renew_lease(self.lease.key, self.lease.owner, self.lease.ttl):
-                self.done = True
-        except Exception:
-            self.done = True
-
-
-_KEEPER = _LeaseKeeper()
-
-
-def _new_keeper_after_fork() -> None:
-    """A forked child has no keeper thread (and maybe a lock a parent thread held)."""
-    global _KEEPER
-    _KEEPER = _LeaseKeeper()
-
-
-os.register_at_fork(after_in_child=_new_keeper_after_fork)
-
-
-@contextlib.contextmanager
-def _renewing(store: Store, lease: Renew) -> Iterator[None]:
-    """Keep `lease` renewed (every third of its TTL) while the body runs."""
-    kept = _KEEPER.keep(store, lease)
-    try:
-        yield
-    finally:
-        kept.done = True
-
-
-@contextlib.asynccontextmanager
-async def _arenewing(store: Store, lease: Renew) -> AsyncIterator[None]:
-    """`_renewing` for asyncio: a task renews the lease while the body runs."""
-
-    async def beat() -> None:
-        with contextlib.suppress(Exception):
-            while True:
-                await asyncio.sleep(lease.ttl / 3)
-                if not await store.arenew_lease(lease.key, lease.owner, lease.ttl):
-                    return
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def _execute(op: Op, store: Store | None, client: httpx2.Client) -> Any:
-    match op:
-        case Load(key):
-            return _need(store).load(key)
-        case Save(record, expected):
-            return _need(store).compare_and_set(record, expected)
-        case Acquire(key, owner, ttl):
-            return _need(store).acquire_lease(key, owner, ttl)
-        case Renew(key, owner, ttl):
-            return _need(store).renew_lease(key, owner, ttl)
-        case Release(key, owner):
-            return _need(store).release_lease(key, owner)
-        case Sleep(seconds):
-            time.sleep(seconds)
-            return None
-        case Http(request, None):
-            return send(client, request)
-        case Http(request, Renew() as lease):
-            with _renewing(_need(store), lease):
-                return send(client, request)
-        case Invoke(source, current):
-            if source.is_async:
-                return timed(lambda: _call_async_function(source, current))
-            return timed(lambda: source.fn(current))
-        case Inspect(key, in_flight):
-            store = _need(store)
-            claim = store.in_flight(key) if in_flight else store.lease_holder(key)
-            return None if claim is None else Holder(claim, store.holder_alive(claim.holder))
-        case TakeOver(key, dead_owner, owner, ttl):
-            return _need(store).take_over_lease(key, dead_owner, owner, ttl)
-        case MarkInFlight(key, owner, spent, ttl):
-            return _need(store).mark_in_flight(key, owner, spent, ttl)
-        case ClearInFlight(key, owner):
-            return _need(store).clear_in_flight(key, owner)
-        case Begin(key, owner, ttl, mark):
-            return _need(store).begin_refresh(key, owner, ttl, mark)
-        case Finish(record, expected, owner):
-            return _need(store).finish_refresh(record, expected, owner)
-        case Notify(event, key, fields):
-            return events.emit(event, key, **fields)
-    raise TypeError(f"unknown operation {op!r}")
-
-
-async def _aexecute(op: Op, store: Store | None, client: httpx2.AsyncClient) -> Any:
-    match op:
-        case Load(key):
-            return await _need(store).aload(key)
-        case Save(record, expected):
-            return await _need(store).acompare_and_set(record, expected)
-        case Acquire(key, owner, ttl):
-            return await _need(store).aacquire_lease(key, owner, ttl)
-        case Renew(key, owner, ttl):
-            return await _need(store).arenew_lease(key, owner, ttl)
-        case Release(key, owner):
-            return await _need(store).arelease_lease(key, owner)
-        case Sleep(seconds):
-            await asyncio.sleep(seconds)
-            return None
-        case Http(request, None):
-            return await send_async(client, request)
-        case Http(request, Renew() as lease):
-            async with _arenewing(_need(store), lease):
-                return await send_async(client, request)
-        case Invoke(source, current):
-            if source.is_async:
-                return await atimed(lambda: source.fn(current))  # type: ignore[arg-type,return-value]
-            return await atimed(lambda: asyncio.to_thread(source.fn, current))
-        case Inspect(key, in_flight):
-            store = _need(store)
-            claim = await (store.ain_flight(key) if in_flight else store.alease_holder(key))
-            if claim is None:
-                return None
-            return Holder(claim, await store.aholder_alive(claim.holder))
-        case TakeOver(key, dead_owner, owner, ttl):
-            return await _need(store).atake_over_lease(key, dead_owner, owner, ttl)
-        case MarkInFlight(key, owner, spent, ttl):
-            return await _need(store).amark_in_flight(key, owner, spent, ttl)
-        case ClearInFlight(key, owner):
-            return await _need(store).aclear_in_flight(key, owner)
-        case Begin(key, owner, ttl, mark):
-            return await _need(store).abegin_refresh(key, owner, ttl, mark)
-        case Finish(record, expected, owner):
-            return await _need(store).afinish_refresh(record, expected, owner)
-        case Notify(event, key, fields):
-            return events.emit(event, key, **fields)
-    raise TypeError(f"unknown operation {op!r}")
-
-
-def run(flow: Flow, store: Store | None, client: httpx2.Client) -> Token:
-    """Drive `flow` with blocking I/O. Failures of an operation are thrown into the flow (so
-    its `finally` releases the lease) and surface from here if the flow does not handle them."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = flow.throw(error) if error is not None else flow.send(value)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        value, error = None, None
-        try:
-            value = _execute(op, store, client)
-        except BaseException as exc:  # handed to the flow, which re-raises
-            error = exc
-
-
-async def run_async(flow: Flow, store: Store | None, client: httpx2.AsyncClient) -> Token:
-    """Drive `flow` with asyncio; the same contract as `run`."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = flow.throw(error) if error is not None else flow.send(value)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        value, error = None, None
-        try:
-            value = await _aexecute(op, store, client)
-        except BaseException as exc:  # handed to the flow, which re-raises
-            error = exc

@@ -11,7 +11,8 @@ expiry however many threads, event loops and processes ask.
 - `close()` waits for a refresh in flight before it releases the HTTP client: the provider may
   already have rotated the refresh token, and only that request's answer carries the new one.
 
-The protocol itself lives in `tokenward.flow`; this module only decides when to run it.
+The protocol itself lives in `tokenward.flow` (its drivers in `tokenward.driver`); this module
+only decides when to run it.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from typing import Any
 import httpx2
 
 from . import events
+from .driver import run, run_async
 from .errors import ManagerClosed, SessionScoped
-from .flow import FlowContext, refresh_flow, run, run_async
+from .flow import FlowContext, refresh_flow
 from .retry import RetryPolicy
 from .rules import ExpiryRule
 from .sources.authorization import OAuthClient

@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx2
 
 from . import events
+from .driver import run_async
 from .errors import CredentialNotSeeded, ReauthorizationRequired, StoreError
-from .flow import FlowContext, refresh_flow, run_async
+from .flow import FlowContext, refresh_flow
 from .manager import RefreshPolicy
 from .retry import RetryPolicy
 from .sources.base import Source

@@ -35,8 +35,9 @@ from typing import Any, TypeVar
 import httpx2
 
 from . import events
+from .driver import run, run_async
 from .errors import SessionClosed, SessionExpired, StopFailed, TokenReused
-from .flow import mint_flow, run, run_async
+from .flow import mint_flow
 from .jsonpath import MISSING, lookup
 from .retry import RetryPolicy
 from .rules import ExpiryRule

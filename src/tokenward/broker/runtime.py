@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import httpx2
 
 from ..config import CredentialConfig
-from ..flow import mint_flow, run_async
+from ..driver import run_async
+from ..flow import mint_flow
 from ..manager import TokenManager
 from ..retry import RetryPolicy
 from ..sessions import Sessions
