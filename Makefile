@@ -16,8 +16,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench demo
 	$(BIN)/ruff format --check src tests bench demo
 
+# The tests too, as strictly as the library (tests/ has no __init__.py: its modules are top-level).
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict src demo
+	$(BIN)/mypy --strict src demo tests
 
 # tests/test_browser.py drives Debian's chromium (never a browser download); install it once.
 browser:

@@ -76,7 +76,7 @@ def pretend_another_host() -> None:
     real = liveness.process_identity()
     assert real is not None
     foreign = "another-host-boot/" + real.split("/", 1)[1]
-    liveness.process_identity = lambda: foreign  # type: ignore[assignment]
+    liveness.process_identity = lambda: foreign
 
 
 # --- the parent's side ----------------------------------------------------------------------

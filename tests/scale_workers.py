@@ -162,7 +162,8 @@ def chains(seeds: dict[str, str], log: list[dict[str, Any]]) -> dict[str, list[d
     by_old = {entry["old"]: entry for entry in log}
     found: dict[str, list[dict[str, Any]]] = {}
     for key, seed in seeds.items():
-        chain, old = [], seed
+        chain: list[dict[str, Any]] = []
+        old = seed
         while old in by_old and len(chain) <= len(log):
             chain.append(by_old[old])
             old = by_old[old]["new"]

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -179,6 +180,7 @@ def test_broker_conforms_to_its_openapi_document(broker: BrokerServer) -> None:
     failures: dict[str, str] = {}
     seen: dict[str, collections.Counter[int]] = {}
     for result in loaded.get_all_operations():
+        assert isinstance(result, Ok), result.err()
         operation = result.ok()
         label = operation.label
         strategies = [operation.as_strategy(), operation.as_strategy(GenerationMode.NEGATIVE)]

@@ -182,7 +182,7 @@ def browser(env: Env) -> Iterator[Any]:
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context()
     page = context.new_page()
-    page.console_lines = []  # type: ignore[attr-defined]
+    page.console_lines = []
     page.on("console", lambda message: page.console_lines.append(message.text))
     try:
         yield page
@@ -219,11 +219,12 @@ def test_example_files_are_served_from_the_package_only_when_enabled(tmp_path: P
 
 
 def _rows(page: Any) -> list[dict[str, str]]:
-    return page.eval_on_selector_all(
+    rows: list[dict[str, str]] = page.eval_on_selector_all(
         "#sessions tr[data-session-id]",
         """rows => rows.map(r => ({id: r.dataset.sessionId, fingerprint: r.dataset.fingerprint,
                                    length: r.cells[2].textContent}))""",
     )
+    return rows
 
 
 def test_page_starts_three_sessions_with_fresh_tokens_and_stops_them(env: Env, page: Any) -> None:

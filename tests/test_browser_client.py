@@ -199,7 +199,11 @@ def test_the_docs_recipe_runs_in_chromium(tmp_path: Path, monkeypatch: pytest.Mo
                     page.wait_for_function("() => window.avatar !== undefined")
                     for n in range(1, 4):
                         page.click("#speak")
-                        _until(lambda n=n: emulator.counters["tasks"] == n)
+
+                        def spoken(n: int = n) -> bool:
+                            return bool(emulator.counters["tasks"] == n)
+
+                        _until(spoken)
                     (upstream,) = emulator.open_sessions()
                     assert emulator.expire_session_token(upstream)
                     page.click("#speak")  # refused upstream: a fresh session, the task again

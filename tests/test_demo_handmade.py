@@ -9,7 +9,7 @@ import importlib.util
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -35,7 +35,7 @@ def server() -> Iterator[EmulatorServer]:
 
 def load(
     server: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cooldown: str = "5"
-) -> ModuleType:
+) -> Any:
     """A fresh copy of the module (its own globals), imported in a directory with a `.env`."""
     emulator = server.emulator
     pair = emulator.issue_refresh_token("app")

@@ -194,13 +194,14 @@ def test_rekey_retries_on_conflict(tmp_path: Path) -> None:
     real_cas = inner.compare_and_set
     raced: list[int] = []
 
-    def racing_cas(record: Record, expected: int) -> bool:
+    def racing_cas(record: Record, expected_version: int) -> bool:
         if not raced:  # a refresh lands first, still written with key A
-            raced.append(expected)
+            raced.append(expected_version)
             EncryptedStore(inner, _ring(KEY_A)).compare_and_set(
-                replace(secret_record(), version=expected + 1, access_token="refreshed"), expected
+                replace(secret_record(), version=expected_version + 1, access_token="refreshed"),
+                expected_version,
             )
-        return real_cas(record, expected)
+        return real_cas(record, expected_version)
 
     inner.compare_and_set = racing_cas  # type: ignore[method-assign]
     report = rotated.rekey()

@@ -29,7 +29,6 @@ import liveness_workers
 import psycopg
 import pytest
 from liveness_workers import PATIENCE, Caller, first_of, seed
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from servers import (
     POSTGRES_URL,
@@ -280,8 +279,7 @@ def test_postgres_through_pgbouncer_is_correct_and_says_liveness_is_unknown(
     finally:
         direct.close()
         pooled.close()
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        drop_postgres_schema(schema)
 
 
 @pytest.mark.timeout(120)
@@ -319,8 +317,7 @@ def test_killed_holder_on_another_host_postgres(
         for caller in (leader, *survivors):
             caller.stop()
         store.close()
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        drop_postgres_schema(schema)
     assert all(line["status"] == 200 for rows in served for line in rows), served
     counters = emu.counters
     assert counters["refreshes"] == 1 and counters["invalid_grant"] == 0, counters

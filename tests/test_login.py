@@ -79,7 +79,8 @@ def test_browser_login_stores_the_grant(config: Config, tokenward_emulator: Any)
     browsers[0].join(10)
     emulator = tokenward_emulator.emulator
     assert emulator.counters["authorization_code"] == 1 and len(shown) == 1
-    assert emulator.is_access_token_valid(record.access_token) and record.refresh_token
+    assert record.access_token is not None and record.refresh_token
+    assert emulator.is_access_token_valid(record.access_token)
     stored = config.store_for(config.credential_config("ml")).load("ml")
     assert stored is not None and stored.version == record.version and stored.state == "ok"
     assert fingerprint(record.access_token) in repr(stored)

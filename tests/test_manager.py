@@ -305,7 +305,8 @@ async def test_tasks_and_threads_meeting_an_expired_token_refresh_once(
     go.set()
     start.set()
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.to_thread(lambda: [thread.join() for thread in threads])
+    for thread in threads:
+        await asyncio.to_thread(thread.join)
 
     failures += [o for o in outcomes if isinstance(o, BaseException)]
     results += [o for o in outcomes if isinstance(o, Token)]
@@ -719,7 +720,7 @@ def test_malformed_answer_keeps_the_rotated_refresh_token(
     assert kept.refresh_token not in (old, before.refresh_token)
     assert emulator.is_refresh_token_valid(kept.refresh_token or "")
     assert kept.last_error and "malformed" in kept.last_error
-    assert kept.refresh_token not in kept.last_error
+    assert kept.refresh_token is not None and kept.refresh_token not in kept.last_error
     fresh = manager.refresh()
     assert fresh.version > kept.version
     assert emulator.counters["invalid_grant"] == 0

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx2
@@ -22,6 +22,7 @@ pytest.importorskip("mcp")
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult, TextContent
 
 from tokenward.integrations.mcp import (
     McpLoginRequired,
@@ -30,6 +31,7 @@ from tokenward.integrations.mcp import (
     StoreTokenStorage,
     default_client_metadata,
 )
+from tokenward.stores import Store
 from tokenward.stores.file import JsonFileStore
 from tokenward.stores.sqlite import SQLiteStore
 from tokenward.testing.mcp import HeadlessBrowser, McpTestServer
@@ -49,13 +51,20 @@ async def _session(url: str, auth: httpx2.Auth) -> AsyncIterator[Client]:
         yield client
 
 
+def _text(result: CallToolResult) -> str:
+    """The text of a tool call's first content block (which must be text)."""
+    content = result.content[0]
+    assert isinstance(content, TextContent), content
+    return content.text
+
+
 @pytest.fixture
-def server():
+def server() -> Iterator[McpTestServer]:
     with McpTestServer(access_lifetime=1.0) as running:
         yield running
 
 
-async def _login(server: McpTestServer, store, key: str = KEY) -> None:
+async def _login(server: McpTestServer, store: Store, key: str = KEY) -> None:
     """A person's login through the SDK's flow (discovery, registration, PKCE)."""
     browser = HeadlessBrowser()
     auth = McpOAuth(
@@ -66,7 +75,7 @@ async def _login(server: McpTestServer, store, key: str = KEY) -> None:
         callback_handler=browser.callback_handler,
     )
     async with _session(server.url, auth) as client:
-        assert (await client.call_tool("add", {"a": 1, "b": 2})).content[0].text == "3"
+        assert _text(await client.call_tool("add", {"a": 1, "b": 2})) == "3"
     await auth.aclose()
     assert browser.opened == 1
 
@@ -78,13 +87,15 @@ async def _calls_until(client: Client, server: McpTestServer, refreshes: int) ->
     while server.provider.counters["refreshes"] < refreshes:
         assert time.monotonic() < deadline, server.provider.stats()
         result = await client.call_tool("add", {"a": calls, "b": 1})
-        assert result.content[0].text == str(calls + 1)
+        assert _text(result) == str(calls + 1)
         calls += 1
         await asyncio.sleep(0.01)
     return calls
 
 
-async def test_login_stores_grant_and_registration_then_headless_calls_refresh(server, tmp_path):
+async def test_login_stores_grant_and_registration_then_headless_calls_refresh(
+    server: McpTestServer, tmp_path: Path
+) -> None:
     store = SQLiteStore(tmp_path / "tokens.db")
     await _login(server, store)
     record = store.load(KEY)
@@ -104,13 +115,13 @@ async def test_login_stores_grant_and_registration_then_headless_calls_refresh(s
     assert stats["invalid_grant"] == 0 and stats["active_grants"] == 1
     assert stats["registrations"] == 1 and stats["logins"] == 1  # no new registration or login
     after = store.load(KEY)
-    assert after is not None and after.refresh_count >= 3
+    assert after is not None and after.refresh_count >= 3 and after.refresh_token is not None
     # The registration survived every refresh, and the stored refresh token is the live one.
     assert McpRegistration.from_record(after) == registration
     assert server.provider.refresh[after.refresh_token] is not None
 
 
-async def test_fastmcp_client_takes_the_auth(server, tmp_path):
+async def test_fastmcp_client_takes_the_auth(server: McpTestServer, tmp_path: Path) -> None:
     fastmcp = pytest.importorskip("fastmcp")
     store = SQLiteStore(tmp_path / "tokens.db")
     await _login(server, store)
@@ -126,7 +137,9 @@ async def test_fastmcp_client_takes_the_auth(server, tmp_path):
     assert server.provider.counters["invalid_grant"] == 0
 
 
-async def test_a_rejected_access_token_is_replayed_once_with_a_new_one(server, tmp_path):
+async def test_a_rejected_access_token_is_replayed_once_with_a_new_one(
+    server: McpTestServer, tmp_path: Path
+) -> None:
     store = SQLiteStore(tmp_path / "tokens.db")
     await _login(server, store)
     auth = McpOAuth(server.url, KEY, store)
@@ -135,13 +148,15 @@ async def test_a_rejected_access_token_is_replayed_once_with_a_new_one(server, t
         before = dict(server.provider.counters)
         server.provider.access.clear()  # every access token revoked, the grant kept
         result = await client.call_tool("add", {"a": 2, "b": 2})
-        assert result.content[0].text == "4"
+        assert _text(result) == "4"
     await auth.aclose()
     assert server.provider.counters["refreshes"] == before.get("refreshes", 0) + 1
     assert server.provider.counters["rejected_unknown"] >= 1
 
 
-async def test_headless_without_a_grant_names_the_login_command(server, tmp_path):
+async def test_headless_without_a_grant_names_the_login_command(
+    server: McpTestServer, tmp_path: Path
+) -> None:
     auth = McpOAuth(server.url, KEY, SQLiteStore(tmp_path / "tokens.db"))
     async with httpx2.AsyncClient(auth=auth) as http:
         with pytest.raises(McpLoginRequired) as caught:
@@ -151,7 +166,9 @@ async def test_headless_without_a_grant_names_the_login_command(server, tmp_path
     assert "no usable grant" in message
 
 
-async def test_a_revoked_grant_becomes_needs_reauth_for_every_process(server, tmp_path):
+async def test_a_revoked_grant_becomes_needs_reauth_for_every_process(
+    server: McpTestServer, tmp_path: Path
+) -> None:
     store = SQLiteStore(tmp_path / "tokens.db")
     await _login(server, store)
     record = store.load(KEY)
@@ -180,7 +197,9 @@ async def test_a_revoked_grant_becomes_needs_reauth_for_every_process(server, tm
     assert server.provider.counters["registrations"] == 1
 
 
-async def test_interactive_auth_logs_in_again_after_a_refusal(server, tmp_path):
+async def test_interactive_auth_logs_in_again_after_a_refusal(
+    server: McpTestServer, tmp_path: Path
+) -> None:
     store = SQLiteStore(tmp_path / "tokens.db")
     await _login(server, store)
     for grant_id in list(server.provider.grants):
@@ -194,13 +213,13 @@ async def test_interactive_auth_logs_in_again_after_a_refusal(server, tmp_path):
         callback_handler=browser.callback_handler,
     )
     async with _session(server.url, auth) as client:
-        assert (await client.call_tool("add", {"a": 5, "b": 5})).content[0].text == "10"
+        assert _text(await client.call_tool("add", {"a": 5, "b": 5})) == "10"
     await auth.aclose()
     assert browser.opened == 1 and server.provider.counters["logins"] == 2
     assert store.load(KEY).state == "ok"  # type: ignore[union-attr]
 
 
-def test_sync_client_uses_the_stored_grant(server, tmp_path):
+def test_sync_client_uses_the_stored_grant(server: McpTestServer, tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "tokens.db")
     asyncio.run(_login(server, store))
     auth = McpOAuth(server.url, KEY, store)
@@ -215,7 +234,9 @@ def test_sync_client_uses_the_stored_grant(server, tmp_path):
     assert "add" in [tool["name"] for tool in answer.json()["result"]["tools"]]
 
 
-async def test_store_token_storage_with_the_sdks_own_provider(server, tmp_path: Path):
+async def test_store_token_storage_with_the_sdks_own_provider(
+    server: McpTestServer, tmp_path: Path
+) -> None:
     """The storage alone, under the SDK's OAuthClientProvider: tokens and the registration
     (its secret apart, so that an encrypted store seals it) survive in a JSON file store."""
     store = JsonFileStore(tmp_path / "tokens.json")
@@ -229,7 +250,7 @@ async def test_store_token_storage_with_the_sdks_own_provider(server, tmp_path: 
         callback_handler=browser.callback_handler,
     )
     async with _session(server.url, provider) as client:
-        assert (await client.call_tool("add", {"a": 1, "b": 1})).content[0].text == "2"
+        assert _text(await client.call_tool("add", {"a": 1, "b": 1})) == "2"
     tokens = await storage.get_tokens()
     info = await storage.get_client_info()
     assert tokens is not None and tokens.refresh_token in server.provider.refresh
@@ -241,7 +262,7 @@ async def test_store_token_storage_with_the_sdks_own_provider(server, tmp_path: 
     assert (await reopened.get_client_info()) == info
 
 
-def test_four_agent_processes_share_one_grant_side_by_side_with_the_sdk():
+def test_four_agent_processes_share_one_grant_side_by_side_with_the_sdk() -> None:
     """The issue's proof, short: 4 agent processes x 4 concurrent tool calls on one user's
     grant. The SDK's own provider (file storage, told the stored expiry as fastmcp does) spends
     the rotating refresh token in several processes and the server revokes the grant; with
@@ -268,14 +289,17 @@ def test_four_agent_processes_share_one_grant_side_by_side_with_the_sdk():
 
 
 @pytest.mark.parametrize("kind", ["redis", "postgres"])
-async def test_any_store_holds_the_grant_and_its_registration(server, kind):
+async def test_any_store_holds_the_grant_and_its_registration(
+    server: McpTestServer, kind: str
+) -> None:
     """The same over the network stores agent platforms share across machines."""
     import uuid
 
-    from servers import POSTGRES_URL, REDIS_URL, require
+    from servers import POSTGRES_URL, REDIS_URL, drop_postgres_schema, require
 
     require(kind)
     name = "tw_mcp_" + uuid.uuid4().hex[:12]
+    store: Store
     if kind == "redis":
         from tokenward.stores.redis import RedisStore
 
@@ -296,14 +320,6 @@ async def test_any_store_holds_the_grant_and_its_registration(server, kind):
         assert server.provider.counters["invalid_grant"] == 0
     finally:
         store.delete(KEY)
+        store.close()
         if kind == "postgres":
-            import psycopg
-            from psycopg import sql
-
-            store.close()
-            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
-                )
-        else:
-            store.close()
+            drop_postgres_schema(name)

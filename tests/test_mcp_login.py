@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.e2e  # a real MCP server, `tokenward` subprocesses
 
 
 @pytest.fixture
-def server():
+def server() -> Iterator[McpTestServer]:
     with McpTestServer(access_lifetime=1.0) as running:
         yield running
 
@@ -89,6 +90,7 @@ def test_login_by_url_then_status_then_refresh(server: McpTestServer, tmp_path: 
     store = loaded.store_for(loaded.credential_config("mcp-test"))
     record = store.load("mcp-test")
     assert record is not None and row["token"] == record.describe()["token"]
+    assert record.refresh_token is not None
     assert record.refresh_token not in status.stdout + out + err
     assert McpRegistration.from_record(record) is not None
 

@@ -11,9 +11,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from servers import POSTGRES_URL, REDIS_URL, require
+from servers import POSTGRES_URL, REDIS_URL, drop_postgres_schema, require
 
 from tokenward.refresher import AsyncRefresher
 from tokenward.sources import RefreshTokenGrant
@@ -46,11 +47,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         opened.delete(key)
     opened.close()
     if kind == "postgres":
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+        drop_postgres_schema(name)
 
 
 @pytest.fixture
@@ -102,6 +99,7 @@ def assert_every_record_newest_and_valid(
     for key, seed in seeds.items():
         record = store.load(key)
         assert record is not None and record.version == 2 and record.state == "ok", key
+        assert record.refresh_token is not None, key
         assert issued.get(seed) == fingerprint(record.refresh_token), key  # the one rotation
         assert emu.is_refresh_token_valid(record.refresh_token or "")
     counters = emu.counters
@@ -184,7 +182,7 @@ def test_the_scale_guide_example_runs(
     store = SQLiteStore(tmp_path / "tokens.db")
     seeds = seed_due(store, emulator, 1)
     ml = RefreshTokenGrant(tokenward_emulator.token_url, TEST_CLIENT_ID, TEST_CLIENT_SECRET)
-    namespace = {"store": store, "ml": ml}
+    namespace: dict[str, Any] = {"store": store, "ml": ml}
     exec(compile(code, "docs/scale.md", "exec"), namespace)
     assert namespace["refresher"].stats.snapshot()["refreshed"] == 1
     assert_every_record_newest_and_valid(store, emulator, seeds)

@@ -487,7 +487,6 @@ def test_postgres_connections_killed_during_run(tokenward_emulator: EmulatorServ
     working, refreshes resume, nothing is lost."""
     require("postgres")
     import psycopg
-    from psycopg import sql
 
     app = "tw-outage-" + uuid.uuid4().hex[:8]
     url = f"{POSTGRES_URL}?application_name={app}"
@@ -526,8 +525,7 @@ def test_postgres_connections_killed_during_run(tokenward_emulator: EmulatorServ
         if killer.is_alive():
             up()
         store.close()
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        drop_postgres_schema(schema)
     assert killed > 0
     assert callers.failures == [] and callers.calls > 50, callers.failures[:3]
     assert record is not None and record.state == "ok" and record.refresh_token is not None

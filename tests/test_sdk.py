@@ -99,7 +99,7 @@ def test_other_exceptions_are_not_replayed(
         )
     assert info.value.status == 403  # insufficient_scope: the predicate says no
     with pytest.raises(KeyError):
-        guard.call(lambda: {}["missing"])
+        guard.call(lambda: dict[str, int]()["missing"])
     counts = tokenward_emulator.emulator.counters
     assert (counts["api_calls"], counts["refreshes"]) == (1, 0)
 

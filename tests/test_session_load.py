@@ -36,7 +36,7 @@ TASKS = 3
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[SessionEnv]:
-    life = {"session_idle_timeout": 10_000, "session_duration_limit": 10_000}
+    life: dict[str, Any] = {"session_idle_timeout": 10_000, "session_duration_limit": 10_000}
     with session_env(tmp_path, max_sessions=2, crowd=CLIENTS, **life) as environment:
         yield environment
 

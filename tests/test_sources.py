@@ -565,7 +565,7 @@ def test_client_credentials_against_the_emulator(tokenward_emulator: EmulatorSer
 class DropsRefreshToken(RefreshTokenGrant):
     """A provider that does not rotate and omits `refresh_token` from its answers."""
 
-    def parse_response(self, response: HttpResponse, credential: str) -> Token:
+    def parse_response(self, response: HttpResponse, credential: str) -> Grant:
         payload = json.loads(response.body)
         payload.pop("refresh_token", None)
         stripped = HttpResponse(

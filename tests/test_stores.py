@@ -28,7 +28,7 @@ from servers import POSTGRES_SCHEMAS, POSTGRES_URL, REDIS_PREFIXES, REDIS_URL, r
 try:  # python-dotenv is optional; when installed, it must read what we write
     import dotenv as python_dotenv  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # pragma: no cover
-    python_dotenv = None
+    python_dotenv = None  # type: ignore[assignment]
 
 from tokenward.errors import StoreCorrupted, StoreError
 from tokenward.stores import (
@@ -507,6 +507,7 @@ def test_killed_holder_is_provably_dead(kind: str, tmp_path: Path) -> None:
         remote = _without_process_part(lease.holder)
         session = kind in ("redis", "postgres")
         assert store.holder_alive(remote) is (True if session else None)
+        assert holder.pid is not None
         os.kill(holder.pid, 9)
         # Wait for its death without reaping it: the zombie left behind is dead too.
         os.waitid(os.P_PID, holder.pid, os.WEXITED | os.WNOWAIT)
@@ -747,7 +748,8 @@ def test_dotenv_values_read_the_same_in_bash(tmp_path: Path) -> None:
         if python_dotenv is not None:
             values = python_dotenv.dotenv_values(path)
             assert values["A"] == values["S"] == value
-            assert json.loads(values["TOKENWARD_STATE_X"]) == json.loads(state)
+            state_x = values["TOKENWARD_STATE_X"]
+            assert state_x is not None and json.loads(state_x) == json.loads(state)
         loaded = store.load("x")
         assert loaded is not None and loaded.to_dict() == record.to_dict()
 

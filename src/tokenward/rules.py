@@ -24,7 +24,11 @@ _ERROR_PARAM = re.compile(r'error\s*=\s*"?([A-Za-z0-9_\-]+)"?')
 
 
 class _Headers(Protocol):
-    def get(self, key: str, default: Any = None) -> Any: ...
+    """What the rules read of response headers: a case-insensitive `get` (httpx and requests
+    headers, aiohttp's multidict) or a dict with lower-cased names. Positional-only, so that any
+    `Mapping[str, str]` matches."""
+
+    def get(self, key: str, /) -> Any: ...
 
 
 def www_authenticate_error(headers: _Headers) -> str | None:

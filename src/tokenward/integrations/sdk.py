@@ -74,8 +74,11 @@ class ExpiryGuard:
         return self._when is None or self._when(exc)
 
     # -- functions ------------------------------------------------------------------------------
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
-        """Decorate a sync or async function."""
+    def __call__(self, fn: Callable[P, R]) -> Callable[..., R]:
+        """Decorate a sync or async function.
+
+        The wrapper is typed `Callable[..., R]`, not `Callable[P, R]`: with `param=` the guard
+        supplies that argument, so callers leave out a parameter the function requires."""
         if inspect.iscoroutinefunction(fn):
             afn = cast(Callable[..., Awaitable[Any]], fn)
 
@@ -83,10 +86,10 @@ class ExpiryGuard:
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 return await self.acall(afn, *args, **kwargs)
 
-            return cast(Callable[P, R], async_wrapper)
+            return cast(Callable[..., R], async_wrapper)
 
         @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        def wrapper(*args: Any, **kwargs: Any) -> R:
             return self.call(fn, *args, **kwargs)
 
         return wrapper
