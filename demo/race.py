@@ -326,7 +326,11 @@ class SideOutcome:
     side: str
     requests: int
     #: Access-token lifetimes from the login to the provider's last API request (the run's real
-    #: end, later than its schedule's on a loaded machine): each one needs a refresh.
+    #: end, later than its schedule's on a loaded machine).
+    lifetimes: int
+    #: Access tokens (the login's and each refresh's) whose refresh window opened before that
+    #: last request, by the provider's clock: each one needed a refresh. Fewer than `lifetimes`
+    #: when no request came for a while (processes starting or stalled on a busy machine).
     expiries: int
     ok: int
     failed: int
@@ -378,13 +382,21 @@ def env_rollbacks(trail: list[str], first: str, grant_log: list[dict[str, Any]])
     return sum(1 for before, after in itertools.pairwise(order) if after < before)
 
 
-def lifetimes(side: Side, config: DemoConfig) -> int:
-    """Access-token lifetimes from the login to the side's last API request, by the provider's
-    clock (`time.monotonic()`, the login's clock too)."""
+def lifetimes_and_expiries(
+    side: Side, config: DemoConfig, grant_log: list[dict[str, Any]]
+) -> tuple[int, int]:
+    """(lifetimes, expiries) from the login to the side's last API request, by the provider's
+    clock (`time.monotonic()`, the login's clock too); the tokens are issued at the login and at
+    each rotation of the grant log, and reach their refresh window at 95% of their lifetime."""
+    from tokenward.manager import RefreshPolicy
+
     emulator = side.provider.emulator
     assert isinstance(emulator, DemoEmulator), "the demo's figures need a DemoEmulator"
     end = emulator.last_api_clock or side.logged_in_at
-    return int(max(end - side.logged_in_at, 0.0) // config.lifetime)
+    issued = [side.logged_in_at] + [e["clock"] for e in grant_log if e["outcome"] == "rotated"]
+    window = (1 - RefreshPolicy().window_fraction) * config.lifetime
+    expiries = sum(1 for clock in issued if clock + window <= end)
+    return int(max(end - side.logged_in_at, 0.0) // config.lifetime), expiries
 
 
 def outcome(
@@ -402,10 +414,12 @@ def outcome(
     reported: Counter[str] = Counter()
     for report in reports:
         reported.update(report["tally"])
+    lifetimes, expiries = lifetimes_and_expiries(side, config, log)
     return SideOutcome(
         side=side.name,
         requests=schedule.total,
-        expiries=lifetimes(side, config),
+        lifetimes=lifetimes,
+        expiries=expiries,
         ok=counters["api_ok"],
         failed=schedule.total - counters["api_ok"],
         token_calls=counters["token_requests"],
