@@ -16,9 +16,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench demo
 	$(BIN)/ruff format --check src tests bench demo
 
-# The tests too, as strictly as the library (tests/ has no __init__.py: its modules are top-level).
+# The tests and benchmarks too, as strictly as the library (one run: bench/ imports tests' workers).
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict src demo tests
+	$(BIN)/mypy --strict src demo tests bench
 
 # tests/test_browser.py drives Debian's chromium (never a browser download); install it once.
 browser:

@@ -41,7 +41,7 @@ SECRET_ENV = "TOKENWARD_BENCH_CLIENT_SECRET"
 PROFILE_ENV = "TOKENWARD_BENCH_PROFILE"
 TARGETS = ("direct", "pass-through", "broker")
 #: The server settings both proxies run with (as `tokenward serve` would, minus the access log).
-UVICORN = {
+UVICORN: dict[str, Any] = {
     "loop": "asyncio",
     "http": "h11",
     "access_log": False,

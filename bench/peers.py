@@ -77,7 +77,7 @@ class TokenwardPeer(Peer):
 
     def call(self, worker: int, seq: int) -> bool:
         method, path, body = _request_args(worker, seq)
-        return self.client.request(method, path, json=body).status_code == 200
+        return bool(self.client.request(method, path, json=body).status_code == 200)
 
     @contextlib.asynccontextmanager
     async def async_caller(self) -> AsyncIterator[AsyncCall]:
@@ -90,7 +90,7 @@ class TokenwardPeer(Peer):
             async def acall(worker: int, seq: int) -> bool:
                 method, path, body = _request_args(worker, seq)
                 response = await client.request(method, path, json=body)
-                return response.status_code == 200
+                return bool(response.status_code == 200)
 
             yield acall
 
@@ -186,7 +186,7 @@ class AuthlibHttpxPeer(Peer):
 
     def call(self, worker: int, seq: int) -> bool:
         method, path, body = _request_args(worker, seq)
-        return self.client.request(method, path, json=body).status_code == 200
+        return bool(self.client.request(method, path, json=body).status_code == 200)
 
     @contextlib.asynccontextmanager
     async def async_caller(self) -> AsyncIterator[AsyncCall]:
@@ -198,7 +198,7 @@ class AuthlibHttpxPeer(Peer):
             async def acall(worker: int, seq: int) -> bool:
                 method, path, body = _request_args(worker, seq)
                 response = await client.request(method, path, json=body)
-                return response.status_code == 200
+                return bool(response.status_code == 200)
 
             yield acall
 
@@ -236,7 +236,8 @@ class AuthlibRequestsPeer(Peer):
     def call(self, worker: int, seq: int) -> bool:
         method, path, body = _request_args(worker, seq)
         url = self.info.api_url + path
-        return self.session.request(method, url, json=body, timeout=TIMEOUT).status_code == 200
+        status = self.session.request(method, url, json=body, timeout=TIMEOUT).status_code
+        return bool(status == 200)
 
     def refresh_tokens(self) -> list[str | None]:
         return [self._latest.get("refresh_token")]
@@ -272,7 +273,8 @@ class RequestsOAuthlibPeer(Peer):
     def call(self, worker: int, seq: int) -> bool:
         method, path, body = _request_args(worker, seq)
         url = self.info.api_url + path
-        return self.session.request(method, url, json=body, timeout=TIMEOUT).status_code == 200
+        status = self.session.request(method, url, json=body, timeout=TIMEOUT).status_code
+        return bool(status == 200)
 
     def refresh_tokens(self) -> list[str | None]:
         return [self._latest.get("refresh_token")]
@@ -318,7 +320,7 @@ class HttpxAuthPeer(Peer):
 
     def call(self, worker: int, seq: int) -> bool:
         method, path, body = _request_args(worker, seq)
-        return self.client.request(method, path, json=body).status_code == 200
+        return bool(self.client.request(method, path, json=body).status_code == 200)
 
     @contextlib.asynccontextmanager
     async def async_caller(self) -> AsyncIterator[AsyncCall]:
@@ -331,7 +333,7 @@ class HttpxAuthPeer(Peer):
             async def acall(worker: int, seq: int) -> bool:
                 method, path, body = _request_args(worker, seq)
                 response = await client.request(method, path, json=body)
-                return response.status_code == 200
+                return bool(response.status_code == 200)
 
             yield acall
 

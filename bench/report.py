@@ -6,6 +6,7 @@ Every number in the page comes from the results the harness produced (bench/resu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,16 +81,16 @@ def checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
                     f"{high * 100:.0f} %)",
                 )
             )
-    counted = results.get("broker_instructions")
-    if broker and counted:
-        ratio = counted["throughput_ratio"]
+    instructions = results.get("broker_instructions")
+    if broker and instructions:
+        ratio = instructions["throughput_ratio"]
         out.append(
             (
                 f"broker: requests/s >= {BROKER_TARGET * 100:.0f} % of the bare pass-through, "
                 "from instructions per request (load-independent)",
                 ratio >= BROKER_TARGET,
-                f"{ratio * 100:.1f} % ({counted['broker_per_request']:,} vs "
-                f"{counted['pass_through_per_request']:,} instructions/request)",
+                f"{ratio * 100:.1f} % ({instructions['broker_per_request']:,} vs "
+                f"{instructions['pass_through_per_request']:,} instructions/request)",
             )
         )
     soak = results.get("soak")
@@ -104,27 +105,27 @@ def checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
         )
     mcp = results.get("mcp")
     if mcp:
-        ours = next(row for row in mcp["rows"] if row["peer"] == "tokenward")
+        mcp_ours = next(row for row in mcp["rows"] if row["peer"] == "tokenward")
         out.append(
             (
                 "mcp: 4 agent processes, tokenward fails 0 tool calls",
-                ours["failed"] == 0,
-                f"{ours['failed']} of {ours['calls']} failed",
+                mcp_ours["failed"] == 0,
+                f"{mcp_ours['failed']} of {mcp_ours['calls']} failed",
             )
         )
         out.append(
             (
                 f"mcp: tokenward <= {STORM_TARGET} refreshes per expiry",
-                ours["refreshes_per_expiry"] <= STORM_TARGET,
-                f"{ours['refreshes_per_expiry']:.3f}",
+                mcp_ours["refreshes_per_expiry"] <= STORM_TARGET,
+                f"{mcp_ours['refreshes_per_expiry']:.3f}",
             )
         )
         out.append(
             (
                 "mcp: the grant survives (no reused refresh token)",
-                ours["grant_alive"] and ours["reuse_detected"] == 0,
-                f"{ours['invalid_grant']} invalid_grant, "
-                f"grant {'alive' if ours['grant_alive'] else 'REVOKED'}",
+                mcp_ours["grant_alive"] and mcp_ours["reuse_detected"] == 0,
+                f"{mcp_ours['invalid_grant']} invalid_grant, "
+                f"grant {'alive' if mcp_ours['grant_alive'] else 'REVOKED'}",
             )
         )
     for row in (results.get("scale") or {}).get("rows", []):
@@ -238,7 +239,7 @@ def _plots(results: dict[str, Any], directory: Path) -> dict[str, str]:
         rows = broker["rows"]
         counts = list(dict.fromkeys(r["connections"] for r in rows))
         targets = list(dict.fromkeys(r["target"] for r in rows))
-        colors = {"direct": "tab:gray", "pass-through": "tab:blue", "broker": "tab:green"}
+        target_colors = {"direct": "tab:gray", "pass-through": "tab:blue", "broker": "tab:green"}
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
         width = 0.8 / max(len(targets), 1)
         for i, target in enumerate(targets):
@@ -249,14 +250,14 @@ def _plots(results: dict[str, Any], directory: Path) -> dict[str, str]:
                 [mine[c]["requests_per_s"] for c in counts],
                 width,
                 label=target,
-                color=colors.get(target),
+                color=target_colors.get(target),
             )
             axes[1].bar(
                 xs,
                 [mine[c]["p99_ms"] for c in counts],
                 width,
                 label=target,
-                color=colors.get(target),
+                color=target_colors.get(target),
             )
         for ax in axes:
             ax.set_xticks([j + width for j in range(len(counts))], [f"{c} conn." for c in counts])
@@ -800,7 +801,7 @@ def write(results: dict[str, Any], page: Path) -> None:
             f"{profile['async']['tokenward_share'] * 100:.1f} % (async) of the client's profiled "
             "time (section 1).",
         ]
-    sections = [
+    sections: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
         ("hot", lambda r: _hot_section(r["hot"], r.get("profile"), r.get("instructions"))),
         ("storm", lambda r: _storm_section(r["storm"])),
         ("broker", lambda r: _broker_section(r["broker"], r.get("broker_instructions"))),

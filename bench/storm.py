@@ -29,7 +29,7 @@ import httpx2
 from demo import Schedule, Tally, _attempt, _drain
 
 from .common import ProviderInfo, ProviderProcess
-from .peers import KEY, PEERS, Peer
+from .peers import KEY, PEERS, Peer, TokenwardPeer
 
 LIFETIME = 1.0
 TOKEN_LATENCY = 0.025
@@ -288,7 +288,7 @@ def run_case(
                 asyncio.run(_async_side(peer, schedule, range(workers), tally))
             last_done = tally.last_done
         if peer_name == "tokenward":
-            if peer is not None:
+            if isinstance(peer, TokenwardPeer):
                 peer.manager.stop()
             final = [settle_store(store)]
         elif peer is not None:
