@@ -29,6 +29,11 @@ token that lapses when unused (many providers: 30 days to 6 months) never does.
 
     refresher = AsyncRefresher(store, lambda key: sources[key.split(":", 1)[0]])
     await refresher.run()                # until refresher.stop()
+
+`ConfiguredRefreshers` runs one `Refresher` per store for the credentials of a configuration:
+what `tokenward refresher` runs (the command only parses its options and prints the counters).
+It lives here, a little past ~500 lines, because it is the refresher's entry point and the
+layers put this module above the configuration.
 """
 
 from __future__ import annotations
