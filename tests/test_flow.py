@@ -593,9 +593,26 @@ def test_a_store_failure_after_success_is_retried_within_the_deadline() -> None:
     assert isinstance(script.op, Sleep)
     assert script.events[-1] == ("store.retry", {"detail": "connection reset", "attempt": 1})
     script.sleep()
+    # The failed write may have committed before the error: read what is there first.
+    assert script.op == Load(KEY)
+    script.send(STALE)  # it had not: nothing changed
     assert script.op == first  # the same write again
     script.send(True)
     assert script.done
+
+
+def test_a_write_that_committed_before_its_error_is_not_written_again() -> None:
+    script = Script(refresh_flow(context(), token_of(STALE)))
+    leased(script, STALE)
+    script.send(granted("at-2", "rt-2"))
+    first = script.op
+    assert isinstance(first, Finish)
+    script.throw(StoreError("connection reset after the commit"))
+    script.sleep()
+    assert script.op == Load(KEY)
+    script.send(first.record)  # ours is there: the acknowledgement was lost, not the write
+    assert script.done and script.result is not None
+    assert (script.result.access_token, script.result.version) == ("at-2", 2)
 
 
 def test_a_store_that_stays_down_past_the_deadline_fails_the_refresh() -> None:
@@ -777,3 +794,21 @@ def test_mint_asks_the_source_and_touches_no_store() -> None:
     assert script.done and script.result is not None
     assert script.result.access_token == "session-1"
     assert set(script.kinds()) == {"Now", "Http", "Notify", "Sleep"}
+
+
+def test_a_conflict_with_a_newer_refresh_token_adopts_it_instead_of_writing_on_top() -> None:
+    """Someone refreshed from the record our lost-acknowledgement write had stored (or a login
+    re-seeded it): its refresh token is newer than ours, so ours is not written on top."""
+    script = Script(refresh_flow(context(), token_of(STALE)))
+    leased(script, STALE)
+    script.send(granted("at-2", "rt-2"))
+    script.send(False)
+    assert script.op == Load(KEY)
+    script.send(record(3, "at-3", "rt-3"))  # fresh, from rt-2 or a login
+    assert script.op == Release(KEY, OWNER) or isinstance(script.op, ClearInFlight)
+    while not script.done:
+        script.send(True)
+    assert script.result is not None and script.result.access_token == "at-3"
+    assert ("token.adopted", {"fingerprint": script.result.fingerprint, "version": 3}) in (
+        script.events
+    )

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -418,7 +417,6 @@ def _sender(leader: Leader, value: Any) -> Any:
     return lambda: leader.flow.send(value)
 
 
-@pytest.mark.xfail(strict=True, reason="known open problem: a Finish that wins releases the lease")
 def test_a_write_retried_after_a_lost_acknowledgement_keeps_a_later_rotation() -> None:
     """The store commits leader 1's `Finish` (which also releases its lease) but the connection
     drops before the acknowledgement. Leader 0 then refreshes from that record (rt-1 -> rt-2),

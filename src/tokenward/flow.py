@@ -597,6 +597,26 @@ def _kept_extra(source: Source, rec: Record) -> dict[str, Any]:
     return {name: rec.extra[name] for name in source.kept_extra if name in rec.extra}
 
 
+def _conflict(latest: Record | None, new: Record, sent: str | None) -> str:
+    """What a record found in place of the one we meant to write says (after a lost
+    compare-and-set, or a store error that may have hidden a commit):
+
+    - "ours": it is our answer: the write committed, its acknowledgement was lost;
+    - "theirs": it holds a refresh token that is neither the one we sent nor ours: someone
+      refreshed from our committed record, or a login re-seeded it. Ours is older: adopt theirs
+      when its access token is fresh (writing ours on top would store a refresh token the
+      provider has already rotated);
+    - "on top": anything else (our lease lapsed during a slow request and another process wrote
+      `needs_reauth` or a conflict with the token we sent): the refresh token we hold is the
+      newest the provider issued, so write on top."""
+    if latest is None:
+        return "on top"
+    if latest.access_token == new.access_token and latest.refresh_token == new.refresh_token:
+        return "ours"
+    newer = latest.refresh_token not in (None, sent, new.refresh_token)
+    return "theirs" if newer and latest.state == "ok" else "on top"
+
+
 def _commit(
     ctx: FlowContext, rec: Record | None, grant: Grant, started: float, lease: _Held
 ) -> Flow:
@@ -620,18 +640,19 @@ def _commit(
     )
     expected = base.version
     failures, failed_at = 0, 0.0
+    uncertain = False  # a Finish failed: it may have committed before the error reached us
     while True:
         try:
-            if (yield Finish(new, expected, ctx.owner)):
+            if not uncertain and (yield Finish(new, expected, ctx.owner)):
                 lease.held = lease.in_flight = False
                 break
+            uncertain = False
             latest: Record | None = yield Load(ctx.key)
         except StoreError as exc:
             # The store is down (a restart, a dropped connection) after the provider answered:
             # the answer may hold the only valid refresh token, so keep trying to store it
-            # within the retry deadline instead of dropping it. A Save that did commit before
-            # the error shows up as a conflict with our own version, and is written on top.
-            failures += 1
+            # within the retry deadline instead of dropping it.
+            failures, uncertain = failures + 1, True
             now: float = yield NOW
             failed_at = failed_at or now
             delay = ctx.retry.delay(failures, now - failed_at, None)
@@ -640,9 +661,20 @@ def _commit(
                 raise
             yield Sleep(delay)
             continue
-        expected = latest.version if latest else 0
-        yield _event("store.conflict", ctx.key, version=expected)
-        new = replace(new, version=expected + 1)
+        outcome = _conflict(latest, new, base.refresh_token)
+        if outcome == "ours":  # the failed Finish had committed (and released the lease)
+            lease.held = lease.in_flight = False
+            break
+        theirs = latest.token() if outcome == "theirs" and latest is not None else None
+        if theirs is not None and ctx.fresh(theirs):
+            yield _event(
+                "token.adopted", ctx.key, fingerprint=theirs.fingerprint, version=theirs.version
+            )
+            return theirs
+        if (latest.version if latest else 0) != expected:
+            expected = latest.version if latest else 0
+            yield _event("store.conflict", ctx.key, version=expected)
+            new = replace(new, version=expected + 1)
     token = new.token()
     assert token is not None
     event = "token.refreshed" if base.access_token else "token.obtained"
