@@ -170,7 +170,7 @@ def test_python_dash_m_prints_url_and_serves_until_interrupted() -> None:
         with httpx2.Client(base_url=url, timeout=5) as http:
             assert refresh(http, token).status_code == 200
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
+        assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -34,29 +34,29 @@ def main(argv: list[str] | None = None) -> int:
     emulator.access_lifetime = args.access_lifetime
     emulator.add_client(args.client_id, args.client_secret)
     emulator.add_api_key(args.api_key)
-    server = EmulatorServer(emulator, host=args.host, port=args.port).start()
-    print(
-        f"{server.url} client_id={args.client_id} client_secret={args.client_secret} "
-        f"api_key={args.api_key}",
-        flush=True,
-    )
-    print(
-        f"emulator at {server.url}: token endpoint {server.token_url}, API {server.api_url}; "
-        "test values, not secrets. Ctrl-C stops it.",
-        file=sys.stderr,
-    )
-
+    # Ctrl-C and SIGTERM only set `done`, from before the URL is printed: a parent that gets
+    # the URL, uses the emulator and interrupts it at once must find the handler in place.
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         done.set()
 
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    server = EmulatorServer(emulator, host=args.host, port=args.port).start()
     try:
-        while not done.wait(0.5):
+        print(
+            f"{server.url} client_id={args.client_id} client_secret={args.client_secret} "
+            f"api_key={args.api_key}",
+            flush=True,
+        )
+        print(
+            f"emulator at {server.url}: token endpoint {server.token_url}, API {server.api_url}; "
+            "test values, not secrets. Ctrl-C stops it.",
+            file=sys.stderr,
+        )
+        while not done.wait(0.5):  # a timed wait lets the signal handler run promptly
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         server.stop()
     return 0
