@@ -26,6 +26,7 @@ from broker_support import (
     raw_http,
     write_config,
 )
+from waiting import until
 
 from tokenward.broker.app import create_app
 from tokenward.broker.config import load_broker, new_key
@@ -185,13 +186,13 @@ def test_proxy_body_limit_is_413(env: Env) -> None:
 
 def test_upstream_timeout_is_504_with_a_clear_body(env: Env) -> None:
     env.manager().token()
-    env.emulator.inject("timeout", endpoint="api", delay=3)
-    started = time.monotonic()
+    # The upstream takes 10 s, the broker's timeout is 1 s: a 504 (not the late 200) shows the
+    # broker gave up at its own timeout, however slow the machine (no wall-clock bound here).
+    env.emulator.inject("timeout", endpoint="api", delay=10)
     answer = env.http.get("/v1/proxy/api/api/slow", headers=env.headers())
     assert answer.status_code == 504
     assert answer.json()["error"] == "upstream_timeout"
     assert "did not answer within 1 s" in answer.json()["reason"]
-    assert time.monotonic() - started < 2.5
 
 
 # -- authentication and policy ---------------------------------------------------------------------
@@ -398,9 +399,8 @@ def test_session_quota_is_enforced(env: Env) -> None:
 def test_idle_sessions_are_reaped_and_stopped_upstream(env: Env) -> None:
     created = env.http.post("/v1/sessions", headers=env.headers(), json={"credential": "avatar"})
     sid = created.json()["session_id"]
-    deadline = time.monotonic() + 5
-    while env.emulator.open_sessions() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # The reaper runs on its own schedule: wait for what it does, however busy the machine.
+    until("the idle session to be reaped", lambda: not env.emulator.open_sessions())
     assert env.emulator.open_sessions() == []
     assert env.emulator.counters["sessions_stopped"] == 1
     assert env.http.post(f"/v1/sessions/{sid}/keepalive", headers=env.headers()).status_code == 404

@@ -140,8 +140,10 @@ def test_stop_is_fast_even_with_a_delayed_answer_in_flight() -> None:
         time.sleep(0.01)
     started = time.monotonic()
     server.stop()
-    caller.join(5)
-    assert time.monotonic() - started < 3
+    caller.join(25)
+    # Well under the 30 s the answer is held: stop() did not wait for it (a bound that a busy
+    # machine cannot reach, unlike a few seconds).
+    assert time.monotonic() - started < 25
     assert not caller.is_alive()
 
 
