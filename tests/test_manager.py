@@ -2,7 +2,7 @@
 
 Covers rotation, restarts, the lock-free hot path, single-flight across threads, tasks and
 event loops, invalidate-by-version, transient and permanent failures, lost answers and the
-background refresher (DESIGN.md invariants 1-6).
+background refresher (invariants 1-6 in docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ operations out, so sync and async callers share one implementation, in the spiri
 Longer than 500 lines on purpose: the operations and the one protocol that yields them belong
 together, so every decision can be read (and tested) in one place.
 
-See DESIGN.md, "Refresh protocol for one credential", and invariants 1, 2, 5 and 6.
+See docs/architecture.md, "Refresh protocol", and its invariants 1, 2, 5, 6 and 9.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Session-scoped tokens (the HeyGen pattern, DESIGN.md U3).
+"""Session-scoped tokens (the HeyGen pattern, use case U3 in docs/architecture.md).
 
 Some providers hand out a short-lived token per session: HeyGen's `streaming.create_token`
 token is valid for exactly one streaming session. Such a token must never come from a cache,

@@ -1,6 +1,6 @@
-"""The tokenward broker (DESIGN.md U2, U3, U4): an ASGI app that proxies API calls with a
-fresh token injected server-side, vends tokens to trusted clients, and hands out
-session-scoped tokens — so that the long-lived secret never leaves the server.
+"""The tokenward broker (use cases U2, U3, U4 in docs/architecture.md): an ASGI app that
+proxies API calls with a fresh token injected server-side, vends tokens to trusted clients, and
+hands out session-scoped tokens — so that the long-lived secret never leaves the server.
 
 Needs the `broker` extra (FastAPI, uvicorn, prometheus-client); `tokenward serve` runs it.
 `create_app` is imported lazily, so `tokenward.broker.config` works without FastAPI.

@@ -7,7 +7,7 @@ a client-specific driver carries out with blocking calls or awaits. Each client 
 its request and response objects through an `Exchange`; no integration carries its own refresh
 or replay logic. `replay_allowed` is the rule itself, shared with the SDK guard (`sdk.py`).
 
-The rule (DESIGN.md invariant 3, extended by issue 16): a request that meets an expired-token
+The rule (invariant 3 in docs/architecture.md): a request that meets an expired-token
 answer is replayed with the token `invalidate()` returns (a newer one another caller already
 has, else one refresh shared by every caller that saw the same token rejected). If the replay
 is rejected too, the request is replayed again only when the token `invalidate()` then returns
