@@ -621,10 +621,8 @@ def _commit(
     ctx: FlowContext, rec: Record | None, grant: Grant, started: float, lease: _Held
 ) -> Flow:
     """Invariant 2: the new record (with any rotated refresh token) is durably stored before
-    the token is handed to anyone. A compare-and-set conflict (our lease expired while the
-    provider was slow) must not lose the freshly issued refresh token: write on top. The write
-    is a `Finish`: when it wins, the store also clears our in-flight record and releases the
-    lease in the same round trip."""
+    the token is handed to anyone (`_store`). The write is a `Finish`: when it wins, the store
+    also clears our in-flight record and releases the lease in the same round trip."""
     base = rec or Record(ctx.key)
     new = base.successor(
         access_token=grant.access_token,
@@ -638,44 +636,10 @@ def _commit(
         last_error=None,
         refresh_count=base.refresh_count + 1,
     )
-    expected = base.version
-    failures, failed_at = 0, 0.0
-    uncertain = False  # a Finish failed: it may have committed before the error reached us
-    while True:
-        try:
-            if not uncertain and (yield Finish(new, expected, ctx.owner)):
-                lease.held = lease.in_flight = False
-                break
-            uncertain = False
-            latest: Record | None = yield Load(ctx.key)
-        except StoreError as exc:
-            # The store is down (a restart, a dropped connection) after the provider answered:
-            # the answer may hold the only valid refresh token, so keep trying to store it
-            # within the retry deadline instead of dropping it.
-            failures, uncertain = failures + 1, True
-            now: float = yield NOW
-            failed_at = failed_at or now
-            delay = ctx.retry.delay(failures, now - failed_at, None)
-            yield _event("store.retry", ctx.key, detail=str(exc), attempt=failures)
-            if delay is None:
-                raise
-            yield Sleep(delay)
-            continue
-        outcome = _conflict(latest, new, base.refresh_token)
-        if outcome == "ours":  # the failed Finish had committed (and released the lease)
-            lease.held = lease.in_flight = False
-            break
-        theirs = latest.token() if outcome == "theirs" and latest is not None else None
-        if theirs is not None and ctx.fresh(theirs):
-            yield _event(
-                "token.adopted", ctx.key, fingerprint=theirs.fingerprint, version=theirs.version
-            )
-            return theirs
-        if (latest.version if latest else 0) != expected:
-            expected = latest.version if latest else 0
-            yield _event("store.conflict", ctx.key, version=expected)
-            new = replace(new, version=expected + 1)
-    token = new.token()
+    stored = yield from _store(ctx, new, base, lease)
+    if isinstance(stored, Token):
+        return stored  # someone stored a newer one meanwhile: adopted
+    token = stored.token()
     assert token is not None
     event = "token.refreshed" if base.access_token else "token.obtained"
     finished: float = yield NOW
@@ -688,3 +652,48 @@ def _commit(
         duration_ms=round((finished - started) * 1000, 1),
     )
     return token
+
+
+def _store(
+    ctx: FlowContext, new: Record, base: Record, lease: _Held
+) -> Generator[Op, Any, Record | Token]:
+    """Write `new` over `base`: the record as stored, or a newer token adopted instead.
+
+    A conflict is settled by `_conflict` (write on top, ours already there, or theirs). A store
+    error after the provider answered (a restart, a dropped connection) is retried within the
+    retry deadline instead of dropping the answer, which may hold the only valid refresh token;
+    the failed write may have committed, so the record is read before writing again."""
+    expected = base.version
+    failures, failed_at = 0, 0.0
+    uncertain = False  # a Finish failed: it may have committed before the error reached us
+    while True:
+        try:
+            if not uncertain and (yield Finish(new, expected, ctx.owner)):
+                lease.held = lease.in_flight = False
+                return new
+            uncertain = False
+            latest: Record | None = yield Load(ctx.key)
+        except StoreError as exc:
+            failures, uncertain = failures + 1, True
+            now: float = yield NOW
+            failed_at = failed_at or now
+            delay = ctx.retry.delay(failures, now - failed_at, None)
+            yield _event("store.retry", ctx.key, detail=str(exc), attempt=failures)
+            if delay is None:
+                raise
+            yield Sleep(delay)
+            continue
+        outcome = _conflict(latest, new, base.refresh_token)
+        if outcome == "ours":  # the failed Finish had committed (and released the lease)
+            lease.held = lease.in_flight = False
+            return new
+        theirs = latest.token() if outcome == "theirs" and latest is not None else None
+        if theirs is not None and ctx.fresh(theirs):
+            yield _event(
+                "token.adopted", ctx.key, fingerprint=theirs.fingerprint, version=theirs.version
+            )
+            return theirs
+        if (latest.version if latest else 0) != expected:
+            expected = latest.version if latest else 0
+            yield _event("store.conflict", ctx.key, version=expected)
+            new = replace(new, version=expected + 1)
