@@ -7,6 +7,7 @@ import gc
 import threading
 import time
 
+import httpx2
 import pytest
 from clients_support import Events
 
@@ -227,3 +228,28 @@ def test_a_slow_stop_hook_is_bounded_by_the_stop_timeout() -> None:
     finally:
         release.set()
     assert "Sessions('session'" in repr(sessions)
+
+
+async def test_amint_mints_a_fresh_token_remembered_like_a_sessions_own(
+    tokenward_emulator: EmulatorServer,
+) -> None:
+    """`Sessions.amint` (the broker's token vending of session-scoped credentials): a fresh
+    token per call from the provider, never one an earlier mint or session already had."""
+    sessions = heygen(tokenward_emulator)
+    async with httpx2.AsyncClient() as client:
+        minted = [await sessions.amint(client) for _ in range(2)]
+    async with sessions.session() as s:
+        opened = s.token
+    assert len({t.access_token for t in [*minted, opened]}) == 3
+    assert tokenward_emulator.emulator.counters["session_token_requests"] == 3
+
+
+async def test_amint_refuses_a_repeated_token_as_a_session_would() -> None:
+    sessions = Sessions(FunctionSource(lambda current: "always-the-same"))
+    async with httpx2.AsyncClient() as client:
+        assert (await sessions.amint(client)).access_token == "always-the-same"
+        with pytest.raises(TokenReused):
+            await sessions.amint(client)
+    with pytest.raises(TokenReused):
+        async with sessions.session():
+            pass  # pragma: no cover - never entered

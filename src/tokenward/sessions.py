@@ -694,8 +694,7 @@ class Sessions:
                 httpx2.AsyncClient, self.base_url, self._timeout, self._atransport()
             )
             try:
-                flow = mint_flow(self.source, self.key, self._retry)
-                token = self._fresh(await run_async(flow, None, client))
+                token = await self.amint(client)
             except BaseException:
                 await client.aclose()
                 raise
@@ -708,6 +707,13 @@ class Sessions:
                 raise
             self._tick(session, async_=True)
             return session
+
+    async def amint(self, client: httpx2.AsyncClient) -> Token:
+        """A brand-new token, through `client`, for a session its caller runs itself (the
+        broker hands it to a client that talks to the provider directly): never cached or
+        stored, and refused (`TokenReused`) when an earlier session or mint already had it."""
+        flow = mint_flow(self.source, self.key, self._retry)
+        return self._fresh(await run_async(flow, None, client))
 
     def close(self) -> None:
         """Refuse new sessions, wait for those being opened (their token is minted and their

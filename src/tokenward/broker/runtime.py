@@ -3,30 +3,25 @@
 Its `TokenManager` is built on first use: secrets are resolved then, so one missing secret
 does not take the other credentials down. A session-scoped credential also has its `Sessions`
 (each broker session opens one upstream session through it); session-scoped and
-API-key-exchange credentials mint a fresh token per vending call, never cached.
+API-key-exchange credentials mint a fresh token per vending call, never cached, through
+`Sessions.amint`: the broker never drives the refresh protocol (`flow`) itself.
 """
 
 from __future__ import annotations
 
-import collections
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx2
 
 from ..config import CredentialConfig
-from ..driver import run_async
-from ..flow import mint_flow
+from ..errors import TokenReused
 from ..manager import TokenManager
-from ..retry import RetryPolicy
 from ..sessions import Sessions
 from ..stores.base import Store
 from ..token import Token
 from .auth import BrokerError
 
 __all__ = ["BrokerCredential"]
-
-#: How many minted-token fingerprints a credential remembers to refuse a repeated token.
-_REMEMBER_MINTED = 100_000
 
 
 @dataclass
@@ -39,7 +34,7 @@ class BrokerCredential:
     store: Store
     _manager: TokenManager | None = None
     _sessions: Sessions | None = None
-    _issued: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
+    _minter: Sessions | None = None
     _origin: tuple[str, str, int | None] | None = None
     _base_url: tuple[str | None] | None = None
 
@@ -100,17 +95,26 @@ class BrokerCredential:
             return "provider"
         return "preset" if provider.default_lifetime else "unknown"
 
+    @property
+    def minter(self) -> Sessions:
+        """What mints this credential's per-call tokens: a session-scoped credential's own
+        `Sessions` (one memory of the tokens handed out, by sessions and vending alike), or
+        for an API-key exchange a `Sessions` of its source used only to mint."""
+        if self._minter is None:
+            if self.config.session_scoped:
+                self._minter = self.sessions
+            else:
+                self._minter = Sessions(self.manager.source, key=self.name)
+        return self._minter
+
     async def mint(self, client: httpx2.AsyncClient) -> Token:
         """A brand-new token (never cached, never stored, never handed out twice)."""
-        token = await run_async(
-            mint_flow(self.manager.source, self.name, RetryPolicy()), None, client
-        )
-        if token.fingerprint in self._issued:
-            raise BrokerError(502, "token_reused", f"{self.name}: the provider repeated a token")
-        self._issued[token.fingerprint] = None
-        while len(self._issued) > _REMEMBER_MINTED:  # bounded: fingerprints of recent tokens
-            self._issued.popitem(last=False)
-        return token
+        try:
+            return await self.minter.amint(client)
+        except TokenReused:
+            raise BrokerError(
+                502, "token_reused", f"{self.name}: the provider repeated a token"
+            ) from None
 
     async def aclose(self) -> None:
         """Let a refresh in flight reach the store (its answer may carry the only valid
@@ -119,3 +123,5 @@ class BrokerCredential:
             await self._manager.aclose()
         if self._sessions is not None:
             await self._sessions.aclose()
+        if self._minter is not None and self._minter is not self._sessions:
+            await self._minter.aclose()
