@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["UnsafePath", "join_upstream", "upstream_path"]
+import httpx2
+
+__all__ = ["UnsafePath", "join_upstream", "plain_query", "upstream_path", "upstream_url"]
 
 # Percent-escapes that decode to a dot, a slash, a backslash, NUL, CR, LF or any other
 # control character (and `%25`, which would turn the next decoding into one of those).
@@ -22,6 +24,8 @@ _BAD_ESCAPE = re.compile(r"%(2e|2f|5c|25|3b|0[0-9a-f]|1[0-9a-f]|7f)", re.IGNOREC
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 #: Control characters and spaces (code points below 0x21, and DEL).
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
+#: What a proxied query must not hold: control characters, spaces, DEL, `#`, backslashes.
+_UNSAFE_QUERY = re.compile(r"[\x00-\x20\x7f#\\]")
 
 
 class UnsafePath(ValueError):
@@ -61,3 +65,22 @@ def upstream_path(raw: str) -> str:
 def join_upstream(base_url: str, path: str) -> str:
     """`base_url` (its own path kept) + the normalized `path`."""
     return base_url.rstrip("/") + path
+
+
+def plain_query(query: str) -> str:
+    """The raw query string as it is, or `UnsafePath` when it holds what no upstream should
+    have to parse (control characters, spaces, DEL, `#`, backslashes)."""
+    if _UNSAFE_QUERY.search(query):
+        raise UnsafePath("control characters in the query")
+    return query
+
+
+def upstream_url(
+    base_url: str, path: str, query: str, origin: tuple[str, str, int | None]
+) -> httpx2.URL:
+    """`base_url` + the normalized `path` + the checked `query`, or `UnsafePath` when the
+    result would not be on `origin` (base_url's scheme, host and port)."""
+    url = httpx2.URL(join_upstream(base_url, path) + (f"?{query}" if query else ""))
+    if (url.scheme, url.host, url.port) != origin:
+        raise UnsafePath("the path would leave the credential's host")
+    return url

@@ -25,8 +25,9 @@ from ..auth import BrokerError
 from ..config import ClientEntry
 from ..guard import client_of
 from ..models import SESSION_PROXIED
-from ..paths import UnsafePath, join_upstream, upstream_path
+from ..paths import UnsafePath, plain_query, upstream_path, upstream_url
 from ..proxy import BodyTooLarge, read_limited, request_headers, response_headers
+from ..runtime import BrokerCredential
 from ..sessions import BrokerSession
 from ..state import Broker
 from .deps import add_proxy_routes, broker_of
@@ -95,7 +96,7 @@ async def _send(
     """The call sent upstream through the session's client: its answer and the path the
     policies saw; or, for the preset's stop call, the answer to ending the session."""
     cred = state.credentials[found.credential]
-    url, shown = _target(request, cred.base_url or "", session_id)
+    url, shown = _target(request, cred, session_id)
     if not client.policy.allows_method(request.method):
         raise BrokerError(403, "forbidden", f"client {client.name!r} may not {request.method}")
     if not client.policy.allows_path(shown):
@@ -140,8 +141,9 @@ def _logged(
     return exc
 
 
-def _target(request: Request, base_url: str, session_id: str) -> tuple[httpx2.URL, str]:
+def _target(request: Request, cred: BrokerCredential, session_id: str) -> tuple[httpx2.URL, str]:
     """The upstream URL (base_url + normalized path + query) and the path for policies."""
+    base_url = cred.base_url
     if not base_url:
         raise BrokerError(400, "no_base_url", "the session's credential has no base_url")
     raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
@@ -151,16 +153,10 @@ def _target(request: Request, base_url: str, session_id: str) -> tuple[httpx2.UR
         raise BrokerError(400, "bad_path", "the session id must be plain (not encoded)")
     try:
         path = upstream_path(raw_text[len(prefix) :])
+        query = plain_query(request.scope.get("query_string", b"").decode("latin-1"))
+        return upstream_url(base_url, path, query, cred.origin), path
     except UnsafePath as exc:
         raise BrokerError(400, "unsafe_path", str(exc)) from None
-    query = request.scope.get("query_string", b"").decode("latin-1")
-    if any(ord(c) < 0x21 or c in "#\\\x7f" for c in query):
-        raise BrokerError(400, "unsafe_path", "control characters in the query")
-    url = httpx2.URL(join_upstream(base_url, path) + (f"?{query}" if query else ""))
-    base = httpx2.URL(base_url)
-    if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
-        raise BrokerError(400, "unsafe_path", "the path would leave the credential's host")
-    return url, path
 
 
 async def _body(request: Request, limit: int) -> bytes | None:
