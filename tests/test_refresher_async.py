@@ -283,3 +283,33 @@ def test_cli_refresher_shows_a_status_line_serves_metrics_and_drains_on_sigterm(
     assert b"refreshed 3, in flight 0, failed 0" in shown, shown
     assert_every_record_newest_and_valid(store, emulator, seeds)
     store.close()
+
+
+def test_a_slow_request_keeps_its_lease_renewed_and_stops_renewing_after() -> None:
+    """The async driver renews the lease every third of its TTL while a token request is in
+    flight (a timer starts the renewals only if the request outlives the first third)."""
+    from tokenward.driver import _arenewing
+    from tokenward.flow import Renew
+    from tokenward.stores import MemoryStore
+
+    class Counting(MemoryStore):
+        renewals = 0
+        renewed = asyncio.Event()
+
+        async def arenew_lease(self, key: str, owner: str, ttl: float) -> bool:
+            self.renewals += 1
+            if self.renewals >= 2:
+                self.renewed.set()
+            return await super().arenew_lease(key, owner, ttl)
+
+    async def scenario() -> int:
+        store = Counting()
+        assert store.acquire_lease("k", "me", 0.3)
+        async with _arenewing(store, Renew("k", "me", 0.3)):
+            await asyncio.wait_for(store.renewed.wait(), 60)  # the request is "in flight"
+        after = store.renewals
+        await asyncio.sleep(0.3)  # a renewal would be due twice over by now
+        assert store.renewals == after  # none after the request ended
+        return after
+
+    assert asyncio.run(scenario()) >= 2
