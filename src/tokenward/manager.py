@@ -13,6 +13,10 @@ expiry however many threads, event loops and processes ask.
 
 The protocol itself lives in `tokenward.flow` (its drivers in `tokenward.driver`); this module
 only decides when to run it.
+
+The module is longer than most (about 600 lines): the manager is the library's main object,
+with a sync and an async twin of each public call around one shared decision each; the
+refresh protocol itself lives in `flow.py` and its drivers in `driver.py`.
 """
 
 from __future__ import annotations

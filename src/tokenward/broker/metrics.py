@@ -110,6 +110,23 @@ class BrokerMetrics:
 
     def __init__(self, stores: Callable[[], Mapping[str, tuple[str, Store]]]) -> None:
         self.registry = CollectorRegistry()
+        self._refresh_instruments()
+        self._broker_instruments()
+        #: Label children by label values, looked up once and reused (`labels()` per request
+        #: costs a lock and a tuple check); the keys are configured names and status codes.
+        self._requests: dict[tuple[str, int], Counter] = {}
+        self._proxy: dict[tuple[str, int], Histogram] = {}
+        self.registry.register(_StoreCollector(stores))
+        self._counter = EventCounter(
+            self.refreshes,
+            self.failures,
+            frozenset(stores()),
+            (self.silent_waits, self.silent_wait_seconds, self.lease_takeovers),
+        )
+        self._subscription: Subscription | None = None
+
+    def _refresh_instruments(self) -> None:
+        """What the refresh events count (fed by `EventCounter`)."""
         self.refreshes = Counter(
             "tokenward_refreshes",
             "Refreshes this replica carried out.",
@@ -120,25 +137,6 @@ class BrokerMetrics:
             "tokenward_refresh_failures",
             "Refresh failures this replica saw.",
             ["credential"],
-            registry=self.registry,
-        )
-        self.proxy_seconds = Histogram(
-            "tokenward_proxy_seconds",
-            "Time to the upstream answer's headers, replay included.",
-            ["credential", "status"],
-            registry=self.registry,
-        )
-        self.requests = Counter(
-            "tokenward_broker_requests",
-            "Broker actions by outcome.",
-            ["action", "status"],
-            registry=self.registry,
-        )
-        self.auth_failures = Counter(
-            "tokenward_auth_failures",
-            "Requests refused by authentication: missing or invalid key, or throttled after "
-            "too many failures.",
-            ["reason"],
             registry=self.registry,
         )
         self.silent_waits = Counter(
@@ -160,24 +158,34 @@ class BrokerMetrics:
             ["credential"],
             registry=self.registry,
         )
+
+    def _broker_instruments(self) -> None:
+        """What the broker's own routes count."""
+        self.proxy_seconds = Histogram(
+            "tokenward_proxy_seconds",
+            "Time to the upstream answer's headers, replay included.",
+            ["credential", "status"],
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "tokenward_broker_requests",
+            "Broker actions by outcome.",
+            ["action", "status"],
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "tokenward_auth_failures",
+            "Requests refused by authentication: missing or invalid key, or throttled after "
+            "too many failures.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.session_events = Counter(
             "tokenward_session_events",
             "Sessions that expired mid-use, and upstream stops that failed (pending: retried).",
             ["credential", "event"],
             registry=self.registry,
         )
-        #: Label children by label values, looked up once and reused (`labels()` per request
-        #: costs a lock and a tuple check); the keys are configured names and status codes.
-        self._requests: dict[tuple[str, int], Counter] = {}
-        self._proxy: dict[tuple[str, int], Histogram] = {}
-        self.registry.register(_StoreCollector(stores))
-        self._counter = EventCounter(
-            self.refreshes,
-            self.failures,
-            frozenset(stores()),
-            (self.silent_waits, self.silent_wait_seconds, self.lease_takeovers),
-        )
-        self._subscription: Subscription | None = None
 
     def request(self, action: str, status: int) -> Counter:
         """The `tokenward_broker_requests` child for (action, status)."""

@@ -38,6 +38,9 @@ never starts an interactive flow: it raises `McpLoginRequired`.
 
 Not handled here: a 403 `insufficient_scope` step-up is returned to the caller as it is (a
 person must grant the wider scope: `tokenward login` with `--scope`).
+
+The module is a little over 500 lines: the SDK's storage protocol, the provider and the
+interactive login are three faces of one integration that share its record layout.
 """
 
 from __future__ import annotations
