@@ -12,7 +12,7 @@ __all__ = ["SCRIPTS"]
 
 # KEYS: record, index, due. ARGV: expected version, new version, data, record key, due time
 # ('' when never due).
-_CAS = """
+_CAS_WRITE = """
 local current = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == '0' then
   if current then return 0 end
@@ -26,8 +26,8 @@ if ARGV[5] == '' then
 else
   redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
 end
-return 1
 """
+_CAS = _CAS_WRITE + "return 1\n"
 # KEYS: due. ARGV: now, limit, claimed until.
 _CLAIM = """
 local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
@@ -145,21 +145,9 @@ return {1, rec[1] or false, rec[2] or false, f[1] or false, left, f[3] or false,
 """
 # KEYS: record, index, due, in-flight, lease, holder. ARGV: the compare-and-set's five, owner,
 # clear the in-flight record ('1') or not ('0').
-_FINISH = """
-local current = redis.call('HGET', KEYS[1], 'version')
-if ARGV[1] == '0' then
-  if current then return 0 end
-elseif current ~= ARGV[1] then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'data', ARGV[3])
-redis.call('ZADD', KEYS[2], 0, ARGV[4])
-if ARGV[5] == '' then
-  redis.call('ZREM', KEYS[3], ARGV[4])
-else
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-end
-if ARGV[7] == '1' and redis.call('HGET', KEYS[4], 'owner') == ARGV[6] then
+_FINISH = (
+    _CAS_WRITE
+    + """if ARGV[7] == '1' and redis.call('HGET', KEYS[4], 'owner') == ARGV[6] then
   redis.call('DEL', KEYS[4])
 end
 if redis.call('GET', KEYS[5]) == ARGV[6] then
@@ -167,6 +155,7 @@ if redis.call('GET', KEYS[5]) == ARGV[6] then
 end
 return 1
 """
+)
 # KEYS: due. ARGV: now, limit, claimed until, the record keys' prefix. Returns key, version,
 # data for each claimed key (a key whose record is gone comes back with no version).
 _CLAIM_RECORDS = """
