@@ -50,7 +50,7 @@ test: lint typecheck pytest
 demo: $(STAMP)
 	$(BIN)/python -m demo
 
-# tokenward vs its peers, side by side (about 11 minutes); writes docs/benchmarks.md.
+# tokenward vs its peers, side by side (about 14 minutes); writes docs/benchmarks.md.
 # Needs Redis and PostgreSQL for the network stores (left out when they do not answer).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

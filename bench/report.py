@@ -834,7 +834,7 @@ def write(results: dict[str, Any], page: Path) -> None:
         "## Reproducing",
         "",
         "```console",
-        "make bench                                   # everything above (about 11 minutes)",
+        "make bench                                   # everything above (about 14 minutes)",
         "make soak                                    # the 10-minute soak",
         "python bench/run.py --only hot,broker        # some parts (the page keeps the others)",
         "python bench/run.py --quick --no-docs        # a few seconds: does the harness work?",
