@@ -45,23 +45,29 @@ class _Http(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        while True:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self._buffer[:end]
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            total = end + 4 + length
-            if len(self._buffer) < total:
-                return
-            self._buffer = self._buffer[total:]
+        while (taken := take_request(self._buffer)) is not None:
+            head, _body, self._buffer = taken
             token = head.startswith(b"POST /oauth/token")
             assert self._transport is not None
             self._transport.write(RESPONSE_TOKEN if token else RESPONSE_OK)
+
+
+def take_request(buffer: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """The first complete request in `buffer` as (head, body, what follows), or None while it
+    is incomplete (HTTP/1.1 with Content-Length bodies: all our clients send)."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buffer[:end]
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    total = end + 4 + length
+    if len(buffer) < total:
+        return None
+    return head, buffer[end + 4 : total], buffer[total:]
 
 
 async def _serve() -> None:

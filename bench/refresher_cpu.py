@@ -199,11 +199,14 @@ def bytes_per_credential(kind: str, url: str, total: int) -> float | None:
 @contextmanager
 def provider() -> Iterator[str]:
     """The minimal token endpoint in its own process: its base URL."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "tokenprovider.py"), str(LIFETIME)],
+        [sys.executable, "-m", "bench.tokenprovider", str(LIFETIME)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        cwd=ROOT,
+        env=env,
     )
     assert process.stdout is not None and process.stdin is not None
     try:

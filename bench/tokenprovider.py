@@ -23,6 +23,8 @@ import socket
 import sys
 from urllib.parse import parse_qsl
 
+from bench.fastserver import take_request
+
 _HEAD = "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
 
 
@@ -82,8 +84,8 @@ class _Http(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        while (request := self._take()) is not None:
-            head, body = request
+        while (taken := take_request(self._buffer)) is not None:
+            head, body, self._buffer = taken
             if head.startswith(b"POST /token"):
                 status, answer = self._provider.token(body)
             elif head.startswith(b"GET /counters"):
@@ -94,23 +96,6 @@ class _Http(asyncio.Protocol):
             assert self._transport is not None
             head_out = _HEAD.format(status=status, length=len(payload)).encode()
             self._transport.write(head_out + payload)
-
-    def _take(self) -> tuple[bytes, bytes] | None:
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return None
-        head = self._buffer[:end]
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value.strip())
-        total = end + 4 + length
-        if len(self._buffer) < total:
-            return None
-        body = self._buffer[end + 4 : total]
-        self._buffer = self._buffer[total:]
-        return head, body
 
 
 async def _serve(lifetime: int) -> None:

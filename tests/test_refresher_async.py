@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from servers import POSTGRES_URL, REDIS_URL, drop_postgres_schema, require
+from waiting import until
 
 from tokenward.refresher import AsyncRefresher
 from tokenward.sources import RefreshTokenGrant
@@ -260,13 +261,13 @@ def test_cli_refresher_shows_a_status_line_serves_metrics_and_drains_on_sigterm(
     os.close(stderr)
     try:
         refreshed = 'tokenward_refresher_outcomes_total{outcome="refreshed"} 3.0'
-        deadline = time.monotonic() + 60
-        text = ""
-        while refreshed not in text and time.monotonic() < deadline:
+
+        def metrics() -> str:
             with contextlib.suppress(httpx2.TransportError):  # not listening yet
-                text = httpx2.get(f"http://127.0.0.1:{port}/metrics").text
-            time.sleep(0.05)  # a poll interval; the condition is the metrics' count
-        assert refreshed in text, text
+                return httpx2.get(f"http://127.0.0.1:{port}/metrics").text
+            return ""
+
+        until("/metrics to count 3 refreshes", lambda: refreshed in metrics(), timeout=60)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:

@@ -71,6 +71,7 @@ __all__ = [
     "Lateness",
     "Refresher",
     "RefresherStats",
+    "add_up",
 ]
 
 #: Default keep-alive period: a credential idle this long is refreshed anyway.
@@ -102,6 +103,15 @@ class RefresherStats:
 #: Upper bounds (seconds) of the lateness histogram: how long after its due time a claimed
 #: credential was picked up.
 LATENESS_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 300.0, float("inf"))
+
+
+def add_up(stats: Iterable[RefresherStats]) -> dict[str, int]:
+    """Several refreshers' counters added up (one `tokenward refresher` runs one per store)."""
+    summed: dict[str, int] = {}
+    for one in stats:
+        for name, value in one.snapshot().items():
+            summed[name] = summed.get(name, 0) + value
+    return summed
 
 
 @dataclass
@@ -522,11 +532,7 @@ class ConfiguredRefreshers:
 
     def totals(self) -> dict[str, int]:
         """Every refresher's `RefresherStats`, added up."""
-        totals: dict[str, int] = {}
-        for worker, _names in self.refreshers:
-            for name, value in worker.stats.snapshot().items():
-                totals[name] = totals.get(name, 0) + value
-        return totals
+        return add_up(worker.stats for worker, _names in self.refreshers)
 
     def close(self) -> None:
         """Stop every refresher (`Refresher.close`); the stores stay open."""

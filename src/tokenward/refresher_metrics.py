@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .refresher import LATENESS_BUCKETS, Lateness, RefresherStats
+from .refresher import LATENESS_BUCKETS, Lateness, RefresherStats, add_up
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
@@ -44,12 +44,8 @@ class Counted(Protocol):
 
 
 def totals(refreshers: Iterable[Counted]) -> dict[str, int]:
-    """The refreshers' counters added up (one `tokenward refresher` runs one per store)."""
-    summed: dict[str, int] = {}
-    for refresher in refreshers:
-        for name, value in refresher.stats.snapshot().items():
-            summed[name] = summed.get(name, 0) + value
-    return summed
+    """The refreshers' counters added up."""
+    return add_up(refresher.stats for refresher in refreshers)
 
 
 def _collector(refreshers: Sequence[Counted]) -> Collector:
