@@ -661,12 +661,38 @@ def test_waits_while_another_process_has_the_same_refresh_token_in_flight() -> N
 def test_a_rotation_stored_as_its_in_flight_record_goes_is_adopted_not_spent_again() -> None:
     """`Begin` saw the refresh token in flight; by the next look its holder has stored the
     answer and cleared the record. The record `Begin` read names a spent refresh token: read
-    it again (the race of tests/test_flow_in_flight.py, one step earlier)."""
+    it again (the race of the next test, one step earlier)."""
     script = Script(refresh_flow(context(), token_of(STALE)))
     script.send(STALE)
     script.send(Begun(True, STALE, IN_FLIGHT, marked=False))
     assert script.op == Inspect(KEY, in_flight=True)
     script.send(None)  # gone
+    assert script.op == Load(KEY)
+    theirs = record(2, "at-2", "rt-2")
+    script.send(theirs)
+    assert script.op == Release(KEY, OWNER)
+    script.send(True)
+    assert script.done and script.result == token_of(theirs)
+    assert "Http" not in script.kinds()
+
+
+def test_a_rotation_stored_after_a_wait_is_adopted_not_spent_again() -> None:
+    """The race a clean-clone CI run met on PostgreSQL (test_liveness, stalled leader): the
+    waiter reads the record while the stalled leader's answer is still out, then finds the
+    in-flight record gone: the leader stored its rotation and dropped the record in one
+    `Finish`. The waiter reads again and adopts; the record it read before is stale."""
+    script = Script(refresh_flow(context(), token_of(STALE)))
+    script.send(STALE)
+    script.send(Begun(True, STALE, IN_FLIGHT, marked=False))
+    assert script.op == Inspect(KEY, in_flight=True)
+    script.send(Holder(IN_FLIGHT, alive=True))
+    script.sleep()
+    assert script.op == Renew(KEY, OWNER, 30.0)
+    script.send(True)
+    assert script.op == Load(KEY)
+    script.send(STALE)  # the answer is not stored yet
+    assert script.op == Inspect(KEY, in_flight=True)
+    script.send(None)  # gone: stored meanwhile
     assert script.op == Load(KEY)
     theirs = record(2, "at-2", "rt-2")
     script.send(theirs)
