@@ -75,8 +75,14 @@ class Begun:
     marked: bool = False
 
 
-def may_mark(current: Claim | None, owner: str, mark: InFlightMark) -> bool:
-    """An in-flight mark may be written unless another owner has the same token in flight."""
+def may_mark(
+    mark: InFlightMark | None, record: Record | None, current: Claim | None, owner: str
+) -> bool:
+    """`begin_refresh` writes `mark` when the record still has the mark's version and no other
+    owner has that very refresh token in flight (`current`, the in-flight record before it).
+    The Redis script and the PostgreSQL statement state the same rule in their languages."""
+    if mark is None or record is None or record.version != mark.version:
+        return False
     return current is None or current.owner == owner or current.fingerprint != mark.fingerprint
 
 
@@ -238,7 +244,7 @@ class Store(ABC):
         if not acquired:
             return Begun(False, record)
         current = self.in_flight(key)
-        marked = _mark_applies(record, current, owner, mark)
+        marked = may_mark(mark, record, current, owner)
         if marked and mark is not None:
             self.mark_in_flight(key, owner, mark.fingerprint, mark.ttl)
         return Begun(True, record, current, marked)
@@ -379,14 +385,3 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.location!r})"
-
-
-def _mark_applies(
-    record: Record | None, current: Claim | None, owner: str, mark: InFlightMark | None
-) -> bool:
-    return (
-        mark is not None
-        and record is not None
-        and record.version == mark.version
-        and may_mark(current, owner, mark)
-    )

@@ -269,12 +269,7 @@ class SQLiteStore(Store):
                 (key, now),
             ).fetchone()
             current = None if found is None else Claim(found[0], found[1] - now, *found[2:])
-            marked = (
-                mark is not None
-                and record is not None
-                and record.version == mark.version
-                and may_mark(current, owner, mark)
-            )
+            marked = may_mark(mark, record, current, owner)
             if marked and mark is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO in_flight (key, owner, fingerprint, deadline, holder) "
