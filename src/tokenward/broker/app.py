@@ -78,13 +78,17 @@ def create_app(
 
 
 def _include_routers(app: FastAPI, *, with_examples: bool) -> None:
-    """The routers, in the order of the OpenAPI document's paths."""
-    app.include_router(proxy.router)
+    """The routers' routes on the app's own router, in the order of the OpenAPI document's paths.
+
+    Their routes are added, not `include_router`ed: FastAPI (0.165) keeps an included router as
+    one wrapper route that checks the router's version and matches through a second router on
+    every request, about 3 % of a proxied request's instructions. The routers carry no prefix,
+    dependency or include option, so their routes serve the same on the app's router.
+    """
     # The proxy is the hot path: its routes are tried first (before FastAPI's own document
     # routes). No other route's path starts with /v1/proxy/, so the order decides nothing but
     # how many patterns a proxied request tries.
-    app.router.routes.insert(0, app.router.routes.pop())
-    if with_examples:
-        app.include_router(examples.router)
-    for module in (ops, credentials, tokens, sessions, session_proxy):
-        app.include_router(module.router)
+    app.router.routes[:0] = proxy.router.routes
+    modules = [examples] if with_examples else []
+    for module in [*modules, ops, credentials, tokens, sessions, session_proxy]:
+        app.router.routes.extend(module.router.routes)
