@@ -34,6 +34,7 @@ MUST_NOT_LOAD = (
     "tokenward.config",
     "tokenward.configured",
     "tokenward.sessions",
+    "tokenward.session_hooks",
     "tokenward.manager",
     "tokenward.integrations.requests",
     "tokenward.integrations.aiohttp",

@@ -130,6 +130,7 @@ _SUBMODULES = frozenset(
         "refresher",
         "retry",
         "rules",
+        "session_hooks",
         "sessions",
         "sources",
         "stores",

@@ -19,7 +19,8 @@ from typing import Any, Literal
 from ..errors import ConfigError
 from ..manager import TokenManager
 from ..rules import ExpiryRule
-from ..sessions import SessionCalls, SessionHooks, Sessions
+from ..session_hooks import SessionCalls, SessionHooks
+from ..sessions import Sessions
 from ..sources import ApiKeyExchange, ClientCredentialsGrant, RefreshTokenGrant, Source
 from ..sources.authorization import OAuthClient, make_client
 from ..sources.oauth2 import ClientAuth
@@ -76,7 +77,7 @@ class ProviderSettings:
 @dataclass(frozen=True)
 class SessionCallSettings:
     """A session-scoped credential's upstream session calls (paths relative to `base_url`;
-    None or "" when the provider has no such call), see `tokenward.sessions.SessionCalls`."""
+    None or "" when the provider has no such call), see `tokenward.session_hooks.SessionCalls`."""
 
     new: str | None = None
     start: str | None = None

@@ -100,7 +100,7 @@ CREDENTIAL_KEYS: dict[str, Check] = {
     "default_lifetime": (_is_number, "a number of seconds"),
     "session_scoped": BOOL,
     # A session-scoped credential's upstream session calls (paths relative to base_url; ""
-    # when the provider or plan has no such call), see tokenward.sessions.SessionCalls.
+    # when the provider or plan has no such call), see tokenward.session_hooks.SessionCalls.
     "session_new": STR,
     "session_start": STR,
     "session_keep_alive": STR,

@@ -20,7 +20,8 @@ import httpx2
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ...sessions import SessionCalls, SessionExpired
+from ...errors import SessionExpired
+from ...session_hooks import SessionCalls
 from ..auth import BrokerError
 from ..config import ClientEntry
 from ..guard import client_of
