@@ -116,7 +116,8 @@ class _Abandoned(Exception):
 
 
 class Script:
-    """Steps a flow by hand. `Now` is answered from `clock` and `Notify` is collected into
+    """Steps a flow by hand. `Now` is answered from `clock` (monotonic) or `WALL` (the wall
+    clock), and `Notify` is collected into
     `events`; every other operation stops the script at `op` until the test answers it with
     `send` (or `throw`). `ops` keeps every operation in order, `Now` and `Notify` included."""
 
@@ -170,7 +171,7 @@ class Script:
                 return None
             self.ops.append(op)
             if isinstance(op, Now):
-                step = self._sender(self.clock)
+                step = self._sender(WALL if op.wall else self.clock)
             elif isinstance(op, Notify):
                 assert op.key == KEY
                 self.events.append((op.event, op.fields))
@@ -317,13 +318,15 @@ def test_refresh_takes_the_lease_and_marks_in_one_go_then_finishes_in_one_go() -
     assert script.op == Finish(new, 1, OWNER)
     assert (new.version, new.access_token, new.refresh_token) == (2, "at-2", "rt-2")
     assert (new.state, new.refresh_count) == ("ok", 1)
+    assert new.updated_at == WALL  # the driver's wall clock: the protocol reads none itself
     script.clock += 0.25
     script.send(True)  # won: the store also cleared the in-flight record and the lease
     assert script.done and script.result is not None
     assert (script.result.access_token, script.result.version) == ("at-2", 2)
     assert script.kinds() == [
-        "Notify", "Load", "Begin", "Now", "Now", "Http", "Finish", "Now", "Notify",
+        "Notify", "Load", "Begin", "Now", "Now", "Http", "Now", "Finish", "Now", "Notify",
     ]  # fmt: skip
+    assert [op for op in script.ops if isinstance(op, Now)] == [Now(), Now(), Now(wall=True), Now()]
     name, fields = script.events[-1]
     assert name == "token.refreshed"
     assert fields["version"] == 2 and fields["duration_ms"] == 250.0
@@ -501,6 +504,7 @@ def test_a_malformed_answer_carrying_a_new_refresh_token_stores_it_first() -> No
     kept = written(script)
     assert script.op == Save(kept, 1)
     assert (kept.version, kept.refresh_token, kept.access_token) == (2, "rt-2", "at-1")
+    assert kept.updated_at == WALL
     script.send(False)  # someone wrote meanwhile: on top of theirs
     assert script.op == Load(KEY)
     theirs = record(2, "at-x", "rt-x", fresh=False)
@@ -556,7 +560,7 @@ def test_a_refusal_with_nothing_newer_persists_needs_reauth_and_raises() -> None
     script.send(STALE)
     stored = written(script)
     assert script.op == Save(stored, 1)
-    assert (stored.version, stored.state) == (2, "needs_reauth")
+    assert (stored.version, stored.state, stored.updated_at) == (2, "needs_reauth", WALL)
     assert stored.refresh_token == "rt-1" and "invalid_grant" in (stored.last_error or "")
     script.send(True)
     assert script.event_names()[-2:] == ["refresh.failed", "reauth.required"]

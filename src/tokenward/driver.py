@@ -193,8 +193,8 @@ async def _arenewing(store: Store, lease: Renew) -> AsyncIterator[None]:
 
 def _execute(op: Op, store: Store | None, client: httpx2.Client) -> Any:
     match op:
-        case Now():
-            return time.monotonic()
+        case Now(wall):
+            return time.time() if wall else time.monotonic()
         case Load(key):
             return _need(store).load(key)
         case Save(record, expected):
@@ -238,8 +238,8 @@ def _execute(op: Op, store: Store | None, client: httpx2.Client) -> Any:
 
 async def _aexecute(op: Op, store: Store | None, client: httpx2.AsyncClient) -> Any:
     match op:
-        case Now():
-            return time.monotonic()
+        case Now(wall):
+            return time.time() if wall else time.monotonic()
         case Load(key):
             return await _need(store).aload(key)
         case Save(record, expected):

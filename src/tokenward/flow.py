@@ -165,11 +165,15 @@ class Notify:
 
 @dataclass(frozen=True, slots=True)
 class Now:
-    """Ask the driver for the monotonic clock, in seconds: the protocol reads no clock itself,
-    so a test can script time (backoff deadlines, lease waits, durations)."""
+    """Ask the driver for the clock, in seconds: monotonic (durations: backoff deadlines, lease
+    waits), or the wall clock with `wall` (the `updated_at` written on a record). The protocol
+    reads no clock itself, so a test can script time."""
+
+    wall: bool = False
 
 
 NOW = Now()
+WALL = Now(wall=True)
 
 
 def _event(event: str, key: str, **fields: Any) -> Notify:
@@ -550,15 +554,17 @@ def _keep_refresh_token(
 ) -> Generator[Op, Any, None]:
     """An unusable answer that still carries a new refresh token: the provider has probably
     rotated the old one, so store the new one (invariant 2) before reporting the error."""
-    base = rec or Record(ctx.key)
+    at: float = yield WALL
+    base = rec or Record(ctx.key, updated_at=at)
     error = str(rotated.error)
     while not (
         yield Save(
-            base.successor(refresh_token=rotated.refresh_token, last_error=error), base.version
+            base.successor(updated_at=at, refresh_token=rotated.refresh_token, last_error=error),
+            base.version,
         )
     ):
         latest: Record | None = yield Load(ctx.key)
-        base = latest or Record(ctx.key)
+        base = latest or Record(ctx.key, updated_at=at)
     yield _event("store.refresh_token_kept", ctx.key, reason=rotated.error.field)
 
 
@@ -585,8 +591,10 @@ def _refused(
     error = ReauthorizationRequired(
         ctx.key, exc.error, exc.description, answer_lost=lost, advice=exc.advice
     )
-    base = latest or Record(ctx.key)
-    yield Save(base.successor(state="needs_reauth", last_error=str(error)), base.version)
+    at: float = yield WALL
+    base = latest or Record(ctx.key, updated_at=at)
+    refused = base.successor(updated_at=at, state="needs_reauth", last_error=str(error))
+    yield Save(refused, base.version)
     yield _event("refresh.failed", ctx.key, kind="permanent", error=exc.error, answer_lost=lost)
     yield _event("reauth.required", ctx.key, error=exc.error, answer_lost=lost)
     raise error from None
@@ -623,8 +631,10 @@ def _commit(
     """Invariant 2: the new record (with any rotated refresh token) is durably stored before
     the token is handed to anyone (`_store`). The write is a `Finish`: when it wins, the store
     also clears our in-flight record and releases the lease in the same round trip."""
-    base = rec or Record(ctx.key)
+    at: float = yield WALL
+    base = rec or Record(ctx.key, updated_at=at)
     new = base.successor(
+        updated_at=at,
         access_token=grant.access_token,
         token_type=grant.token_type,
         expires_at=grant.expires_at,

@@ -48,9 +48,12 @@ class Record:
     refresh_count: int = 0
     updated_at: float = field(default_factory=time.time)
 
-    def successor(self, **changes: Any) -> Record:
-        """The next version of this record, ready for `compare_and_set(next, self.version)`."""
-        return replace(self, version=self.version + 1, updated_at=time.time(), **changes)
+    def successor(self, *, updated_at: float | None = None, **changes: Any) -> Record:
+        """The next version of this record, ready for `compare_and_set(next, self.version)`,
+        written at `updated_at` (default: now; the refresh protocol passes its own, as it reads
+        no clock)."""
+        at = time.time() if updated_at is None else updated_at
+        return replace(self, version=self.version + 1, updated_at=at, **changes)
 
     def token(self) -> Token | None:
         """The access token this record holds, as served to callers (no refresh token), or None
