@@ -146,6 +146,32 @@ def test_only_the_client_that_opened_a_session_may_use_it(env: SessionEnv) -> No
     assert env.emulator.counters["session_tokens_reused"] == 0
 
 
+@pytest.mark.parametrize(
+    ("tail", "error"),
+    [
+        ("/v1/streaming.task?_method=DELETE", "method_override"),
+        ("/v1/streaming.task?a=1&%5fMETHOD=put", "method_override"),
+        ("/v1/%2e%2e/admin", "unsafe_path"),
+        ("/v1/..;/streaming.task", "unsafe_path"),
+    ],
+)
+def test_the_session_bound_proxy_refuses_what_the_credential_proxy_refuses(
+    env: SessionEnv, tail: str, error: str
+) -> None:
+    session = env.open()
+    base = f"/v1/sessions/{session['session_id']}/proxy"
+    answer = env.http.post(base + tail, headers=env.headers(), json={"text": "hi"})
+    assert (answer.status_code, answer.json()["error"]) == (400, error)
+    # a session id spelled with a percent-escape: the path would mean two things
+    first = session["session_id"][0]
+    encoded = base.replace(f"/{first}", f"/%{ord(first):02X}", 1) + "/v1/streaming.task"
+    assert encoded != base + "/v1/streaming.task"
+    answer = env.http.post(encoded, headers=env.headers(), json={"text": "hi"})
+    assert (answer.status_code, answer.json()["error"]) == (400, "bad_path")
+    assert env.emulator.counters["tasks"] == 0  # nothing reached the provider
+    assert env.close(session).status_code == 204
+
+
 def test_proxying_the_stop_call_ends_the_broker_session(env: SessionEnv) -> None:
     session = env.open()
     stop = env.http.post(

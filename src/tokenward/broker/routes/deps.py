@@ -1,5 +1,5 @@
 """What every router shares: the client the guard authenticated, the broker's state, and the
-one way of registering a proxy route per method.
+one way of registering a proxy route per method and of finding where a proxied call goes.
 
 The client key was checked by the guard (`broker.guard`) before any body was read; the
 `Client` dependency only takes the client from the scope, and declares the bearer scheme in the
@@ -12,16 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, cast
 
+import httpx2
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ..auth import BrokerError
 from ..config import ClientEntry
 from ..guard import client_of
-from ..proxy import PROXY_METHODS
+from ..paths import UnsafePath, plain_query, upstream_path, upstream_url
+from ..proxy import PROXY_METHODS, method_override
+from ..runtime import BrokerCredential
 from ..state import Broker
 
-__all__ = ["Client", "State", "add_proxy_routes", "broker_of"]
+__all__ = ["Client", "State", "add_proxy_routes", "broker_of", "upstream_target"]
 
 _bearer = HTTPBearer(auto_error=False, description="A broker client key: twk_...")
 
@@ -68,3 +72,31 @@ def add_proxy_routes(
             responses=responses,
             openapi_extra={"security": [{_bearer.scheme_name: []}]},
         )
+
+
+def upstream_target(
+    request: Request, cred: BrokerCredential, prefix: str, plain: str
+) -> tuple[httpx2.URL, str]:
+    """Where a proxied call goes (base_url + the normalized path after `prefix` + the checked
+    query) and the path the client's policies see, for both proxies.
+
+    The path is read as received, before percent-decoding, and must start with `prefix` as
+    spelled (`plain` names what it holds: an encoded credential name or session id would let
+    one path mean two things). Refused (400): an unsafe path or query, and a method-override
+    parameter, which an upstream framework would read as the method the client's policy did
+    not allow."""
+    if not cred.base_url:
+        raise BrokerError(400, "no_base_url", f"credential {cred.name!r} has no base_url")
+    raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    raw_text = raw.decode("latin-1")
+    if not raw_text.startswith(prefix):
+        raise BrokerError(400, "bad_path", f"the {plain} must be plain (not encoded)")
+    try:
+        path = upstream_path(raw_text[len(prefix) :])
+        query = plain_query(request.scope.get("query_string", b"").decode("latin-1"))
+        if override := method_override(query):
+            reason = f"the query parameter {override!r} would override the method upstream"
+            raise BrokerError(400, "method_override", f"{reason}; send the method itself")
+        return upstream_url(cred.base_url, path, query, cred.origin), path
+    except UnsafePath as exc:
+        raise BrokerError(400, "unsafe_path", str(exc)) from None

@@ -22,12 +22,10 @@ from ..auth import BrokerError
 from ..errors import credential_error
 from ..guard import PROXY_PREFIX, client_of
 from ..models import PROXIED
-from ..paths import UnsafePath, plain_query, upstream_path, upstream_url
 from ..proxy import (
     BodyTooLarge,
     ProxyResult,
     limited,
-    method_override,
     read_limited,
     request_headers,
     response_headers,
@@ -35,7 +33,7 @@ from ..proxy import (
 )
 from ..runtime import BrokerCredential
 from ..state import Broker, audit_logger
-from .deps import add_proxy_routes, broker_of
+from .deps import add_proxy_routes, broker_of, upstream_target
 
 __all__ = ["PROXY_ROUTE", "router"]
 
@@ -61,7 +59,8 @@ async def proxy(credential: str, path: str, request: Request) -> Response:
                 "session. Open one with POST /v1/sessions, then send its calls to "
                 "/v1/sessions/{session_id}/proxy/{path}",
             )
-        target, shown = _target(request, cred)
+        prefix = f"{PROXY_PREFIX}{cred.name}/"
+        target, shown = upstream_target(request, cred, prefix, "credential name")
         if not client.policy.allows_method(request.method):
             raise BrokerError(403, "forbidden", f"client {client.name!r} may not {request.method}")
         if not client.policy.allows_path(shown):
@@ -85,36 +84,6 @@ async def proxy(credential: str, path: str, request: Request) -> Response:
 
 # One route per method, so that each gets its own OpenAPI operation id.
 add_proxy_routes(router, PROXY_ROUTE, proxy, "proxy", PROXIED)
-
-
-def _target(request: Request, cred: BrokerCredential) -> tuple[httpx2.URL, str]:
-    """The upstream URL (base_url + normalized path + query) and the path for policies."""
-    base_url = cred.base_url
-    if not base_url:
-        raise BrokerError(
-            400, "no_base_url", f"credential {cred.name!r} has no base_url to proxy to"
-        )
-    raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
-    raw_text = raw.decode("latin-1")
-    if not raw_text.startswith(PROXY_PREFIX):
-        raise BrokerError(400, "bad_path", "unexpected proxy path")
-    named, _, rest = raw_text[len(PROXY_PREFIX) :].partition("/")
-    if named != cred.name:
-        raise BrokerError(400, "bad_path", "the credential name must be plain (not encoded)")
-    try:
-        path = upstream_path(rest)
-        query = plain_query(request.scope.get("query_string", b"").decode("latin-1"))
-        override = method_override(query)
-        if override:
-            raise BrokerError(
-                400,
-                "method_override",
-                f"the query parameter {override!r} would override the method upstream; send "
-                "the method itself",
-            )
-        return upstream_url(base_url, path, query, cred.origin), path
-    except UnsafePath as exc:
-        raise BrokerError(400, "unsafe_path", str(exc)) from None
 
 
 async def _forward(

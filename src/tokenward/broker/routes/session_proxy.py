@@ -26,12 +26,10 @@ from ..auth import BrokerError
 from ..config import ClientEntry
 from ..guard import client_of
 from ..models import SESSION_PROXIED
-from ..paths import UnsafePath, plain_query, upstream_path, upstream_url
 from ..proxy import BodyTooLarge, read_limited, request_headers, response_headers
-from ..runtime import BrokerCredential
 from ..sessions import BrokerSession
 from ..state import Broker
-from .deps import add_proxy_routes, broker_of
+from .deps import add_proxy_routes, broker_of, upstream_target
 from .sessions import SESSION_PROXY_PREFIX, expired, stopped
 
 __all__ = ["SESSION_PROXY_ROUTE", "router"]
@@ -97,7 +95,8 @@ async def _send(
     """The call sent upstream through the session's client: its answer and the path the
     policies saw; or, for the preset's stop call, the answer to ending the session."""
     cred = state.credentials[found.credential]
-    url, shown = _target(request, cred, session_id)
+    prefix = f"{SESSION_PROXY_PREFIX}{session_id}/proxy/"
+    url, shown = upstream_target(request, cred, prefix, "session id")
     if not client.policy.allows_method(request.method):
         raise BrokerError(403, "forbidden", f"client {client.name!r} may not {request.method}")
     if not client.policy.allows_path(shown):
@@ -140,24 +139,6 @@ def _logged(
         error=exc.error,
     )
     return exc
-
-
-def _target(request: Request, cred: BrokerCredential, session_id: str) -> tuple[httpx2.URL, str]:
-    """The upstream URL (base_url + normalized path + query) and the path for policies."""
-    base_url = cred.base_url
-    if not base_url:
-        raise BrokerError(400, "no_base_url", "the session's credential has no base_url")
-    raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
-    prefix = f"{SESSION_PROXY_PREFIX}{session_id}/proxy/"
-    raw_text = raw.decode("latin-1")
-    if not raw_text.startswith(prefix):
-        raise BrokerError(400, "bad_path", "the session id must be plain (not encoded)")
-    try:
-        path = upstream_path(raw_text[len(prefix) :])
-        query = plain_query(request.scope.get("query_string", b"").decode("latin-1"))
-        return upstream_url(base_url, path, query, cred.origin), path
-    except UnsafePath as exc:
-        raise BrokerError(400, "unsafe_path", str(exc)) from None
 
 
 async def _body(request: Request, limit: int) -> bytes | None:
