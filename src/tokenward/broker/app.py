@@ -61,7 +61,7 @@ def create_app(
     )
     app.state.broker = state
     errors.install(app)
-    _include_routers(app, with_examples=state.settings.examples)
+    _add_routes(app, with_examples=state.settings.examples)
     exact_openapi(app, state.credentials, is_public)
     # The guard inside CORS: its refusals (401, 429, ...) carry CORS headers, so a page can
     # read them; preflights are answered before the guard (they carry no key).
@@ -77,7 +77,7 @@ def create_app(
     return app
 
 
-def _include_routers(app: FastAPI, *, with_examples: bool) -> None:
+def _add_routes(app: FastAPI, *, with_examples: bool) -> None:
     """The routers' routes on the app's own router, in the order of the OpenAPI document's paths.
 
     Their routes are added, not `include_router`ed: FastAPI (0.165) keeps an included router as
