@@ -75,16 +75,16 @@ def add_proxy_routes(
 
 
 def upstream_target(
-    request: Request, cred: BrokerCredential, prefix: str, plain: str
+    request: Request, cred: BrokerCredential, client: ClientEntry, prefix: str, plain: str
 ) -> tuple[httpx2.URL, str]:
     """Where a proxied call goes (base_url + the normalized path after `prefix` + the checked
-    query) and the path the client's policies see, for both proxies.
+    query) and the path the client's policies saw, for both proxies.
 
     The path is read as received, before percent-decoding, and must start with `prefix` as
     spelled (`plain` names what it holds: an encoded credential name or session id would let
     one path mean two things). Refused (400): an unsafe path or query, and a method-override
     parameter, which an upstream framework would read as the method the client's policy did
-    not allow."""
+    not allow; then (403) a method or path the client's policy does not allow."""
     if not cred.base_url:
         raise BrokerError(400, "no_base_url", f"credential {cred.name!r} has no base_url")
     raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
@@ -97,6 +97,11 @@ def upstream_target(
         if override := method_override(query):
             reason = f"the query parameter {override!r} would override the method upstream"
             raise BrokerError(400, "method_override", f"{reason}; send the method itself")
-        return upstream_url(cred.base_url, path, query, cred.origin), path
+        url = upstream_url(cred.base_url, path, query, cred.origin)
     except UnsafePath as exc:
         raise BrokerError(400, "unsafe_path", str(exc)) from None
+    if not client.policy.allows_method(request.method):
+        raise BrokerError(403, "forbidden", f"client {client.name!r} may not {request.method}")
+    if not client.policy.allows_path(path):
+        raise BrokerError(403, "forbidden", f"client {client.name!r} may not proxy {path}")
+    return url, path

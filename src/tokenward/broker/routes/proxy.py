@@ -60,11 +60,7 @@ async def proxy(credential: str, path: str, request: Request) -> Response:
                 "/v1/sessions/{session_id}/proxy/{path}",
             )
         prefix = f"{PROXY_PREFIX}{cred.name}/"
-        target, shown = upstream_target(request, cred, prefix, "credential name")
-        if not client.policy.allows_method(request.method):
-            raise BrokerError(403, "forbidden", f"client {client.name!r} may not {request.method}")
-        if not client.policy.allows_path(shown):
-            raise BrokerError(403, "forbidden", f"client {client.name!r} may not proxy {shown}")
+        target, shown = upstream_target(request, cred, client, prefix, "credential name")
         response = await _forward(state, cred, request, target, client.name, shown)
     except BrokerError as exc:
         state.audit(

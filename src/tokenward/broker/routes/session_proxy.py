@@ -96,11 +96,7 @@ async def _send(
     policies saw; or, for the preset's stop call, the answer to ending the session."""
     cred = state.credentials[found.credential]
     prefix = f"{SESSION_PROXY_PREFIX}{session_id}/proxy/"
-    url, shown = upstream_target(request, cred, prefix, "session id")
-    if not client.policy.allows_method(request.method):
-        raise BrokerError(403, "forbidden", f"client {client.name!r} may not {request.method}")
-    if not client.policy.allows_path(shown):
-        raise BrokerError(403, "forbidden", f"client {client.name!r} may not proxy {shown}")
+    url, shown = upstream_target(request, cred, client, prefix, "session id")
     hooks = found.session._state
     calls = cred.sessions.hooks
     if isinstance(calls, SessionCalls) and shown == calls.stop_path:
