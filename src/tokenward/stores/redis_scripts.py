@@ -28,14 +28,38 @@ else
 end
 """
 _CAS = _CAS_WRITE + "return 1\n"
-# KEYS: due. ARGV: now, limit, claimed until.
-_CLAIM = """
-local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, key in ipairs(keys) do
-  redis.call('ZADD', KEYS[1], ARGV[3], key)
+# The steps several scripts take, as Lua functions each script that needs one starts with.
+# claim: the due keys (at most `limit`), each pushed back to `claimed_until`.
+_CLAIM_FN = """
+local function claim(due, now, limit, claimed_until)
+  local keys = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)
+  for _, key in ipairs(keys) do
+    redis.call('ZADD', due, claimed_until, key)
+  end
+  return keys
 end
-return keys
 """
+# take_lease: the lease for `owner`, with its holder identity ('' when none).
+_TAKE_LEASE_FN = """
+local function take_lease(lease, holder_key, owner, ttl, holder)
+  redis.call('SET', lease, owner, 'PX', ttl)
+  if holder == '' then
+    redis.call('DEL', holder_key)
+  else
+    redis.call('SET', holder_key, holder, 'PX', ttl)
+  end
+end
+"""
+# mark: the refresh token `fp` in flight at `owner`, replacing any in-flight record.
+_MARK_FN = """
+local function mark(in_flight, owner, fp, ttl, holder)
+  redis.call('DEL', in_flight)
+  redis.call('HSET', in_flight, 'owner', owner, 'fp', fp, 'holder', holder)
+  redis.call('PEXPIRE', in_flight, ttl)
+end
+"""
+# KEYS: due. ARGV: now, limit, claimed until.
+_CLAIM = _CLAIM_FN + "return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])\n"
 # KEYS: record, due. ARGV: record key, due time ('' when never due). Only existing records.
 _SCHEDULE = """
 if ARGV[2] == '' then
@@ -45,17 +69,14 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 """
 # KEYS: lease, holder. ARGV: owner, ttl in milliseconds, holder identity ('' when none).
-_ACQUIRE = """
-local holder = redis.call('GET', KEYS[1])
+_ACQUIRE = (
+    _TAKE_LEASE_FN
+    + """local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] == '' then
-  redis.call('DEL', KEYS[2])
-else
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-end
+take_lease(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
+)
 # KEYS: lease, holder. ARGV: owner, ttl in milliseconds.
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -70,16 +91,13 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return 1
 """
 # KEYS: lease, holder. ARGV: dead owner, new owner, ttl in milliseconds, holder ('' when none).
-_TAKE_OVER = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-if ARGV[4] == '' then
-  redis.call('DEL', KEYS[2])
-else
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
-end
+_TAKE_OVER = (
+    _TAKE_LEASE_FN
+    + """if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+take_lease(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
+)
 # KEYS: lease, holder. Returns {owner, ms left, holder} or {} when there is no lease.
 _HOLDER = """
 local owner = redis.call('GET', KEYS[1])
@@ -87,12 +105,7 @@ if not owner then return {} end
 return {owner, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2]) or ''}
 """
 # KEYS: in-flight. ARGV: owner, fingerprint, ttl in milliseconds, holder ('' when none).
-_MARK = """
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fp', ARGV[2], 'holder', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
+_MARK = _MARK_FN + "mark(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\nreturn 1\n"
 # KEYS: in-flight. Returns {owner, ms left, holder, fingerprint} or {}.
 _IN_FLIGHT = """
 local v = redis.call('HMGET', KEYS[1], 'owner', 'fp', 'holder')
@@ -115,16 +128,13 @@ return redis.call('DEL', KEYS[1])
 # ('' when none), mark: the record version it requires ('' for no mark), fingerprint, in-flight
 # ttl in milliseconds. Returns {acquired, version, data, in-flight owner, ms left, holder,
 # fingerprint, marked}: the in-flight record as it was before any mark.
-_BEGIN = """
-local current = redis.call('GET', KEYS[1])
+_BEGIN = (
+    _TAKE_LEASE_FN
+    + _MARK_FN
+    + """local current = redis.call('GET', KEYS[1])
 local acquired = 0
 if (not current) or current == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  if ARGV[3] == '' then
-    redis.call('DEL', KEYS[2])
-  else
-    redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-  end
+  take_lease(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
   acquired = 1
 end
 local rec = redis.call('HMGET', KEYS[3], 'version', 'data')
@@ -135,14 +145,13 @@ if f[1] then left = redis.call('PTTL', KEYS[4]) end
 local marked = 0
 if ARGV[4] ~= '' and rec[1] == ARGV[4]
     and ((not f[1]) or left < 0 or f[1] == ARGV[1] or f[2] ~= ARGV[5]) then
-  redis.call('DEL', KEYS[4])
-  redis.call('HSET', KEYS[4], 'owner', ARGV[1], 'fp', ARGV[5], 'holder', ARGV[3])
-  redis.call('PEXPIRE', KEYS[4], ARGV[6])
+  mark(KEYS[4], ARGV[1], ARGV[5], ARGV[6], ARGV[3])
   marked = 1
 end
 return {1, rec[1] or false, rec[2] or false, f[1] or false, left, f[3] or false,
   f[2] or false, marked}
 """
+)
 # KEYS: record, index, due, in-flight, lease, holder. ARGV: the compare-and-set's five, owner,
 # clear the in-flight record ('1') or not ('0').
 _FINISH = (
@@ -158,11 +167,10 @@ return 1
 )
 # KEYS: due. ARGV: now, limit, claimed until, the record keys' prefix. Returns key, version,
 # data for each claimed key (a key whose record is gone comes back with no version).
-_CLAIM_RECORDS = """
-local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-local out = {}
-for _, key in ipairs(keys) do
-  redis.call('ZADD', KEYS[1], ARGV[3], key)
+_CLAIM_RECORDS = (
+    _CLAIM_FN
+    + """local out = {}
+for _, key in ipairs(claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])) do
   local rec = redis.call('HMGET', ARGV[4] .. key, 'version', 'data')
   table.insert(out, key)
   table.insert(out, rec[1] or '')
@@ -170,6 +178,7 @@ for _, key in ipairs(keys) do
 end
 return out
 """
+)
 SCRIPTS = {
     "cas": _CAS,
     "acquire": _ACQUIRE,
