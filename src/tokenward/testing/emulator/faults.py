@@ -4,10 +4,24 @@ or revoking tokens behind the clients' backs (an administrator, a clock)."""
 from __future__ import annotations
 
 from collections import deque
+from typing import TypeVar
 
 from .holds import Fault, Hold
 from .shapes import ENDPOINTS, FAULTS, HOLD_STAGES
 from .state import ProviderState
+
+_Queued = TypeVar("_Queued", Fault, Hold)
+
+
+def _use_one(queue: deque[_Queued] | None) -> _Queued | None:
+    """Spend one use of the queue's first entry (dropped once used up); None when empty."""
+    if not queue:
+        return None
+    head = queue[0]
+    head.remaining -= 1
+    if head.remaining <= 0:
+        queue.popleft()
+    return head
 
 
 class FaultsModel(ProviderState):
@@ -54,13 +68,9 @@ class FaultsModel(ProviderState):
     def take_fault(self, endpoint: str) -> Fault | None:
         """Consume one use of the next queued fault for ``endpoint`` (HTTP layer)."""
         with self._lock:
-            queue = self._faults[endpoint]
-            if not queue:
+            head = _use_one(self._faults[endpoint])
+            if head is None:
                 return None
-            head = queue[0]
-            head.remaining -= 1
-            if head.remaining <= 0:
-                queue.popleft()
             self._counters["faults_injected"] += 1
             return Fault(head.name, 1, head.retry_after, head.delay)
 
@@ -87,14 +97,7 @@ class FaultsModel(ProviderState):
     def take_hold(self, endpoint: str, stage: str) -> Hold | None:
         """Consume one use of the next hold at ``endpoint``/``stage`` (HTTP layer)."""
         with self._lock:
-            queue = self._holds.get((endpoint, stage))
-            if not queue:
-                return None
-            head = queue[0]
-            head.remaining -= 1
-            if head.remaining <= 0:
-                queue.popleft()
-            return head
+            return _use_one(self._holds.get((endpoint, stage)))
 
     def expire_access_tokens(self) -> None:
         """Make every access token issued so far expired (refresh tokens stay valid)."""
