@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from servers import POSTGRES_URL, REDIS_URL, drop_postgres_schema, require
-from waiting import until
+from waiting import auntil, until
 
 from tokenward.refresher import AsyncRefresher
 from tokenward.sources import RefreshTokenGrant
@@ -87,8 +87,11 @@ def refresher_for(store: Store, server: EmulatorServer, **options: float) -> Asy
 async def run_until(refresher: AsyncRefresher, refreshed: int) -> None:
     """Run `refresher` until its stats count `refreshed` refreshes, then stop and drain."""
     task = asyncio.create_task(refresher.run())
-    while refresher.stats.snapshot()["refreshed"] < refreshed and not task.done():
-        await asyncio.sleep(0.01)  # a poll interval: the condition decides, not the time
+
+    def counted() -> bool:  # or the refresher ended (its error surfaces below)
+        return refresher.stats.snapshot()["refreshed"] >= refreshed or task.done()
+
+    await auntil(f"{refreshed} refreshes", counted, timeout=60)
     refresher.stop()
     await task
 
@@ -130,8 +133,8 @@ def test_two_refreshers_on_one_store_refresh_each_credential_once(
 
     async def both() -> None:
         tasks = [asyncio.create_task(r.run()) for r in (first, second)]
-        while emulator.counters["refreshes"] < len(seeds):
-            await asyncio.sleep(0.01)
+        every = len(seeds)
+        await auntil("every refresh", lambda: emulator.counters["refreshes"] >= every, timeout=60)
         for refresher in (first, second):
             refresher.stop()
         await asyncio.gather(*tasks)

@@ -3,6 +3,7 @@ with a deadline that only catches a hang (a busy machine just makes the wait lon
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -13,3 +14,12 @@ def until(what: str, condition: Callable[[], object], timeout: float = 30.0) -> 
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+async def auntil(what: str, condition: Callable[[], object], timeout: float = 30.0) -> None:
+    """`until` inside an event loop: polls without blocking the loop (the tasks that move the
+    condition keep running)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
