@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+from collections.abc import Callable
 
 _OK = b'{"ok":true}'
 _TOKEN = (
@@ -31,7 +32,11 @@ RESPONSE_OK = _response(_OK)
 RESPONSE_TOKEN = _response(_TOKEN)
 
 
-class _Http(asyncio.Protocol):
+class RawHttp(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection on raw asyncio: each complete request is answered
+    with the bytes `answer` returns (this server's: a token or `{"ok":true}`; the bench's token
+    provider subclasses it)."""
+
     def __init__(self) -> None:
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
@@ -46,10 +51,12 @@ class _Http(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         while (taken := take_request(self._buffer)) is not None:
-            head, _body, self._buffer = taken
-            token = head.startswith(b"POST /oauth/token")
+            head, body, self._buffer = taken
             assert self._transport is not None
-            self._transport.write(RESPONSE_TOKEN if token else RESPONSE_OK)
+            self._transport.write(self.answer(head, body))
+
+    def answer(self, head: bytes, body: bytes) -> bytes:
+        return RESPONSE_TOKEN if head.startswith(b"POST /oauth/token") else RESPONSE_OK
 
 
 def take_request(buffer: bytes) -> tuple[bytes, bytes, bytes] | None:
@@ -70,15 +77,15 @@ def take_request(buffer: bytes) -> tuple[bytes, bytes, bytes] | None:
     return head, buffer[end + 4 : total], buffer[total:]
 
 
-async def _serve() -> None:
+async def serve(protocol: Callable[[], asyncio.Protocol] = RawHttp) -> None:
+    """Serve `protocol` on a free loopback port, printed first on stdout, until the parent
+    closes our stdin."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_Http, "127.0.0.1", 0, backlog=1024)
-    port = server.sockets[0].getsockname()[1]
-    print(port, flush=True)
-    # Serve until the parent closes our stdin.
+    server = await loop.create_server(protocol, "127.0.0.1", 0, backlog=1024)
+    print(server.sockets[0].getsockname()[1], flush=True)
     await loop.run_in_executor(None, sys.stdin.read)
     server.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve())
+    asyncio.run(serve())

@@ -19,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
-import socket
 import sys
 from urllib.parse import parse_qsl
 
-from bench.fastserver import take_request
+from bench.fastserver import RawHttp, serve
 
 _HEAD = "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
 
@@ -69,43 +68,22 @@ class Provider:
         return {**self.counts, "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
-class _Http(asyncio.Protocol):
+class _Http(RawHttp):
     def __init__(self, provider: Provider) -> None:
+        super().__init__()
         self._provider = provider
-        self._buffer = b""
-        self._transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        while (taken := take_request(self._buffer)) is not None:
-            head, body, self._buffer = taken
-            if head.startswith(b"POST /token"):
-                status, answer = self._provider.token(body)
-            elif head.startswith(b"GET /counters"):
-                status, answer = "200 OK", self._provider.counters()
-            else:
-                status, answer = "404 Not Found", {"error": "not_found"}
-            payload = json.dumps(answer).encode()
-            assert self._transport is not None
-            head_out = _HEAD.format(status=status, length=len(payload)).encode()
-            self._transport.write(head_out + payload)
-
-
-async def _serve(lifetime: int) -> None:
-    loop = asyncio.get_running_loop()
-    provider = Provider(lifetime)
-    server = await loop.create_server(lambda: _Http(provider), "127.0.0.1", 0, backlog=1024)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes our stdin
-    server.close()
+    def answer(self, head: bytes, body: bytes) -> bytes:
+        if head.startswith(b"POST /token"):
+            status, answer = self._provider.token(body)
+        elif head.startswith(b"GET /counters"):
+            status, answer = "200 OK", self._provider.counters()
+        else:
+            status, answer = "404 Not Found", {"error": "not_found"}
+        payload = json.dumps(answer).encode()
+        return _HEAD.format(status=status, length=len(payload)).encode() + payload
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve(int(sys.argv[1]) if len(sys.argv) > 1 else 3600))
+    provider = Provider(int(sys.argv[1]) if len(sys.argv) > 1 else 3600)
+    asyncio.run(serve(lambda: _Http(provider)))
